@@ -1,0 +1,272 @@
+//! The command line: `serve` (default), `dev`, `mock-upstream`, `check-config`,
+//! `healthcheck`. Exit status 2 means a configuration problem, 1 any other failure.
+
+use crate::config::{self, Config, Secret};
+use crate::orga::mock::{self, MockOptions};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Credential proxy for Orga AI realtime sessions: keeps the Orga API key server-side
+/// and hands clients short-lived `{ephemeralToken, iceServers}`.
+///
+/// Configuration layers, later wins: built-in defaults; the TOML file (--config, else
+/// ORGA_PROXY_CONFIG, else config/orga-proxy.toml if it exists); ORGA_API_KEY,
+/// ORGA_API_KEY_FILE, ORGA_USER_EMAIL, ORGA_BASE_URL and PORT; then
+/// ORGA_PROXY_<SECTION>__<KEY> variables (e.g. ORGA_PROXY_CORS__ALLOWED_ORIGINS).
+#[derive(Debug, Parser)]
+#[command(name = "orga-proxy", version, about, long_about)]
+pub struct Cli {
+    /// TOML configuration file (default: ORGA_PROXY_CONFIG, else config/orga-proxy.toml if present).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default).
+    Serve,
+    /// Run the proxy on an embedded fake Orga Cloud: no API key needed, CORS open to
+    /// http://localhost:* and http://127.0.0.1:*, listening on 127.0.0.1 only. The
+    /// credentials it hands out are fake. For frontend work offline.
+    Dev,
+    /// Run only the fake Orga Cloud (client-secrets and ice-config), for tests,
+    /// benchmarks and docker compose.
+    MockUpstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8081", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Accept only this API key (default: any key of the form sk_orga_ai_*).
+        #[arg(long, value_name = "KEY")]
+        api_key: Option<String>,
+        /// Delay every answer by this much, e.g. "100ms", to model a distant upstream.
+        #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, default_value = "0s")]
+        latency: Duration,
+    },
+    /// Validate the configuration and print it with every secret redacted; exit 0 or 2.
+    CheckConfig,
+    /// Exit 0 if URL answers 200, else 1 (for a Docker HEALTHCHECK without curl).
+    Healthcheck {
+        /// Full URL to probe (default: /healthz on the configured listen port at 127.0.0.1).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Give up after this long.
+        #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, default_value = "3s")]
+        timeout: Duration,
+    },
+}
+
+/// Runs the parsed command line to an exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("orga-proxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = cli.config.as_deref();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => match load(path, false) {
+            Ok(config) => runtime.block_on(serve(config)),
+            Err(code) => code,
+        },
+        Command::Dev => match load(path, true) {
+            Ok(config) => runtime.block_on(dev(config)),
+            Err(code) => code,
+        },
+        Command::MockUpstream {
+            listen,
+            api_key,
+            latency,
+        } => {
+            let options = MockOptions {
+                api_key: api_key.map(Secret::new),
+                latency,
+            };
+            runtime.block_on(mock_upstream(listen, options))
+        }
+        Command::CheckConfig => match config::load(path, false) {
+            Ok((config, source)) => {
+                let from = source
+                    .file
+                    .map_or("no file; defaults and environment".into(), |f| {
+                        f.display().to_string()
+                    });
+                println!("# configuration OK (file: {from}); secrets redacted\n");
+                print!("{}", config.to_redacted_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failure(&e),
+        },
+        Command::Healthcheck { url, timeout } => {
+            let url = url.unwrap_or_else(|| {
+                let listen = config::load_lenient(path).server.listen;
+                let port = listen.parse::<SocketAddr>().map_or(8080, |a| a.port());
+                format!("http://127.0.0.1:{port}/healthz")
+            });
+            runtime.block_on(healthcheck(&url, timeout))
+        }
+    }
+}
+
+fn load(path: Option<&std::path::Path>, dev: bool) -> Result<Config, ExitCode> {
+    config::load(path, dev)
+        .map(|(c, _)| c)
+        .map_err(|e| config_failure(&e))
+}
+
+fn config_failure(error: &config::ConfigError) -> ExitCode {
+    eprintln!("orga-proxy: invalid configuration:");
+    for problem in &error.problems {
+        eprintln!("  {problem}");
+    }
+    ExitCode::from(2)
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, ExitCode> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        tracing::error!(%addr, error = %e, "cannot listen");
+        ExitCode::FAILURE
+    })
+}
+
+async fn serve(config: Config) -> ExitCode {
+    crate::telemetry::init(&config.log);
+    let listener = match bind(&config.server.listen).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    tracing::info!(
+        listen = %config.server.listen,
+        credentials_path = %config.server.credentials_path,
+        orga_base_url = %config.orga.base_url,
+        version = env!("CARGO_PKG_VERSION"),
+        "orga-proxy listening"
+    );
+    finish(crate::run(Arc::new(config), listener, shutdown_signal()).await)
+}
+
+async fn dev(mut config: Config) -> ExitCode {
+    crate::telemetry::init(&config.log);
+    let mock = match bind("127.0.0.1:0").await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let mock_addr = mock
+        .local_addr()
+        .map_or_else(|_| "127.0.0.1:0".into(), |a| a.to_string());
+    tokio::spawn(async move {
+        let _ = axum::serve(mock, mock::router(MockOptions::default())).await;
+    });
+    config.orga.base_url = format!("http://{mock_addr}");
+    config.orga.api_key = Secret::new(format!("{}dev_fake", mock::API_KEY_PREFIX));
+    config.orga.user_email = "dev@example.com".into();
+    config
+        .cors
+        .allowed_origins
+        .extend(["http://localhost:*".into(), "http://127.0.0.1:*".into()]);
+    let port = config
+        .server
+        .listen
+        .parse::<SocketAddr>()
+        .map_or(8080, |a| a.port());
+    config.server.listen = format!("127.0.0.1:{port}");
+    let listener = match bind(&config.server.listen).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let banner = "DEV MODE: credentials come from an embedded FAKE Orga Cloud and will not open real calls; never expose this";
+    tracing::warn!(
+        listen = %config.server.listen,
+        credentials_path = %config.server.credentials_path,
+        "{banner}"
+    );
+    eprintln!(
+        "\n  *** {banner} ***\n  credentials: http://{}{}\n",
+        config.server.listen, config.server.credentials_path
+    );
+    finish(crate::run(Arc::new(config), listener, shutdown_signal()).await)
+}
+
+async fn mock_upstream(listen: SocketAddr, options: MockOptions) -> ExitCode {
+    crate::telemetry::init(&config::LogConfig::default());
+    let listener = match bind(&listen.to_string()).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    tracing::warn!(%listen, latency = ?options.latency, "fake Orga Cloud listening (tokens are fake)");
+    let result = axum::serve(listener, mock::router(options))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    finish(result)
+}
+
+fn finish(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn healthcheck(url: &str, timeout: Duration) -> ExitCode {
+    let client = match reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(url).send().await {
+        Ok(r) if r.status() == reqwest::StatusCode::OK => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("healthcheck: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {url}: {}", e.without_url());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,140 @@
+//! The typed configuration: built-in defaults, then a TOML file, then environment
+//! variables (see [`load`]), validated once at start-up (see [`validate`]).
+
+mod load;
+mod parse;
+mod secret;
+mod validate;
+
+pub use load::{ConfigError, ConfigSource, load, load_lenient};
+pub use parse::duration::parse as parse_duration;
+pub use secret::Secret;
+pub use validate::email as validate_email;
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The whole configuration. Every key has a default, so an empty file is valid
+/// in dev mode; `orga.api_key` and `orga.user_email` are required otherwise.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The public listener and request handling.
+    pub server: ServerConfig,
+    /// The upstream Orga Cloud account and client.
+    pub orga: OrgaConfig,
+    /// Which browser origins may read the credentials.
+    pub cors: CorsConfig,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// `[server]`: the public listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the public listener binds, `host:port`. `PORT` overrides only the port.
+    #[serde(deserialize_with = "parse::lenient_string")]
+    pub listen: String,
+    /// Path of the credentials route (GET and POST).
+    #[serde(deserialize_with = "parse::lenient_string")]
+    pub credentials_path: String,
+    /// Deadline for a whole request, both upstream calls included; past it the
+    /// client gets 504 `upstream_timeout`.
+    #[serde(with = "parse::duration")]
+    pub request_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM/Ctrl-C before
+    /// the process exits anyway. Below Docker's 10 s stop timeout.
+    #[serde(with = "parse::duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            credentials_path: "/api/orga/credentials".into(),
+            request_timeout: Duration::from_secs(15),
+            shutdown_timeout: Duration::from_secs(8),
+        }
+    }
+}
+
+/// `[orga]`: the upstream account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrgaConfig {
+    /// Orga Cloud API root; the client appends `/v1/realtime/...`.
+    #[serde(deserialize_with = "parse::lenient_string")]
+    pub base_url: String,
+    /// The long-lived Orga API key; sent only as the Bearer of the client-secrets call.
+    pub api_key: Secret,
+    /// The Orga account email sent as the `email` query parameter.
+    #[serde(deserialize_with = "parse::lenient_string")]
+    pub user_email: String,
+    /// Total deadline of each upstream call (connecting included).
+    #[serde(with = "parse::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for OrgaConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.orga-ai.com".into(),
+            api_key: Secret::default(),
+            user_email: String::new(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[cors]`: browser access. CORS is a browser policy, not authentication.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`scheme://host[:port]`) allowed to read responses. An entry may
+    /// use `*` as its port (`http://localhost:*`), and `"*"` alone allows every origin;
+    /// there is no prefix, suffix or regex matching.
+    #[serde(deserialize_with = "parse::string_list")]
+    pub allowed_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true` so browsers may attach cookies.
+    /// Refused together with the `"*"` wildcard.
+    pub allow_credentials: bool,
+}
+
+/// `[log]`: log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` (one object per line) or `text`.
+    pub format: LogFormat,
+    /// Default filter, e.g. `info` or `orga_proxy=debug,info`; `RUST_LOG` wins when set.
+    #[serde(deserialize_with = "parse::lenient_string")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Text,
+}
+
+impl Config {
+    /// Renders the configuration as TOML with every secret redacted (for `check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}

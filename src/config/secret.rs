@@ -1,0 +1,75 @@
+//! `Secret`: a string that never shows itself in `Debug`, `Display` or serialized output.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// A secret value (API key, shared secret, token). The raw value is reachable only
+/// through [`Secret::expose`], which is called where a header is built or a
+/// comparison is made; every printed form is `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a raw value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The raw value. Call sites are few on purpose: grep for `expose(`.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no value was configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn shown(&self) -> &'static str {
+        if self.0.is_empty() { "" } else { "[redacted]" }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.shown())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.shown())
+    }
+}
+
+/// Serializes redacted: serialization exists for `check-config`, which must not print secrets.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.shown())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        super::parse::lenient_string(deserializer).map(Secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_display_and_serialize_never_show_the_value() {
+        let secret = Secret::new("sk_orga_ai_canary");
+        assert_eq!(format!("{secret:?}"), "\"[redacted]\"");
+        assert_eq!(secret.to_string(), "[redacted]");
+        assert_eq!(serde_json::to_string(&secret).unwrap(), "\"[redacted]\"");
+        assert_eq!(secret.expose(), "sk_orga_ai_canary");
+    }
+
+    #[test]
+    fn an_empty_secret_shows_as_empty_so_check_config_tells_unset_from_set() {
+        assert_eq!(Secret::default().to_string(), "");
+    }
+}

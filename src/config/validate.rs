@@ -1,0 +1,224 @@
+//! Start-up validation: every problem found, one line each, before anything listens.
+
+use super::Config;
+use super::load::problem;
+use crate::http::cors::AllowedOrigins;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Paths the proxy serves itself, which the credentials route must not shadow.
+const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+pub(super) fn validate(config: &Config, dev: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |key: &str, result: Result<(), String>| {
+        if let Err(message) = result {
+            problems.push(problem(key, message));
+        }
+    };
+
+    let server = &config.server;
+    check("server.listen", socket_addr(&server.listen));
+    check(
+        "server.credentials_path",
+        credentials_path(&server.credentials_path),
+    );
+    check("server.request_timeout", positive(server.request_timeout));
+    check("server.shutdown_timeout", positive(server.shutdown_timeout));
+
+    let orga = &config.orga;
+    check("orga.base_url", base_url(&orga.base_url));
+    check("orga.timeout", positive(orga.timeout));
+    if !dev {
+        check(
+            "orga.api_key",
+            if orga.api_key.is_empty() {
+                Err(
+                    "required: the Orga API key (or run `orga-proxy dev` for the fake Orga Cloud)"
+                        .into(),
+                )
+            } else {
+                Ok(())
+            },
+        );
+        check("orga.user_email", email(&orga.user_email));
+    }
+    check(
+        "orga.api_key",
+        if orga
+            .api_key
+            .expose()
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            Err("contains white space or control characters (not shown: it is a secret)".into())
+        } else {
+            Ok(())
+        },
+    );
+
+    check(
+        "cors.allowed_origins",
+        AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)
+            .map(|_| ()),
+    );
+    check(
+        "log.level",
+        tracing_subscriber::EnvFilter::try_new(&config.log.level)
+            .map(|_| ())
+            .map_err(|e| format!("invalid filter {:?}: {e}", config.log.level)),
+    );
+    problems
+}
+
+fn socket_addr(value: &str) -> Result<(), String> {
+    value
+        .parse::<SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("{value:?} is not an IP:port address, e.g. \"0.0.0.0:8080\""))
+}
+
+fn positive(value: Duration) -> Result<(), String> {
+    if value.is_zero() {
+        Err("must be longer than zero".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn credentials_path(path: &str) -> Result<(), String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
+    if !path.starts_with('/') || path.len() < 2 || !path.chars().all(plain) {
+        return Err(format!(
+            "{path:?} must be an absolute path of letters, digits and / - . _ ~, e.g. \"/api/orga/credentials\""
+        ));
+    }
+    if path.contains("//") || path.ends_with('/') {
+        return Err(format!(
+            "{path:?} must not contain empty segments or end with /"
+        ));
+    }
+    if RESERVED_PATHS.contains(&path) {
+        return Err(format!(
+            "{path:?} is reserved for the proxy's own endpoints"
+        ));
+    }
+    Ok(())
+}
+
+fn base_url(value: &str) -> Result<(), String> {
+    let url = url::Url::parse(value).map_err(|e| format!("{value:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "{value:?} must be an http or https URL with a host"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!(
+            "{value:?} must not carry a query, fragment or credentials"
+        ));
+    }
+    Ok(())
+}
+
+/// A syntactic check that catches typos and placeholders, not full RFC 5322.
+pub fn email(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("required: the email of the Orga account the API key belongs to".into());
+    }
+    let bad = || Err(format!("{value:?} is not an email address"));
+    let Some((local, domain)) = value.rsplit_once('@') else {
+        return bad();
+    };
+    let valid_domain = domain.contains('.')
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if local.is_empty()
+        || local.contains('@')
+        || value.len() > 254
+        || value.chars().any(|c| c.is_whitespace() || c.is_control())
+        || !valid_domain
+    {
+        return bad();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn emails_with_plus_and_subdomains_are_accepted() {
+        assert!(email("dev+team@example.com").is_ok());
+        assert!(email("a.b@mail.example.co.uk").is_ok());
+    }
+
+    #[test]
+    fn placeholder_and_malformed_emails_are_refused() {
+        for bad in [
+            "",
+            "you",
+            "you@",
+            "@example.com",
+            "a@b",
+            "a b@example.com",
+            "a@-x.com",
+        ] {
+            assert!(email(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_env_var() {
+        let mut config = Config::default();
+        config.server.listen = "nowhere".into();
+        config.orga.base_url = "ftp://x".into();
+        let problems = validate(&config, false);
+        let joined = problems.join("\n");
+        assert!(
+            joined.contains("server.listen (ORGA_PROXY_SERVER__LISTEN or PORT)"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("orga.base_url (ORGA_PROXY_ORGA__BASE_URL or ORGA_BASE_URL)"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("orga.api_key (ORGA_PROXY_ORGA__API_KEY"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("orga.user_email (ORGA_PROXY_ORGA__USER_EMAIL"),
+            "{joined}"
+        );
+        assert_eq!(problems.len(), 4, "{joined}");
+    }
+
+    #[test]
+    fn dev_mode_does_not_require_orga_credentials() {
+        assert!(validate(&Config::default(), true).is_empty());
+    }
+
+    #[test]
+    fn a_secret_with_white_space_is_refused_without_being_shown() {
+        let mut config = Config::default();
+        config.orga.api_key = Secret::new("sk_orga_ai_canary \n");
+        config.orga.user_email = "a@example.com".into();
+        let problems = validate(&config, false).join("\n");
+        assert!(problems.contains("orga.api_key"));
+        assert!(!problems.contains("canary"));
+    }
+
+    #[test]
+    fn the_credentials_path_cannot_shadow_health_routes() {
+        assert!(credentials_path("/healthz").is_err());
+        assert!(credentials_path("/api/{x}").is_err());
+        assert!(credentials_path("api").is_err());
+        assert!(credentials_path("/api/orga/credentials").is_ok());
+    }
+}

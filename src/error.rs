@@ -1,0 +1,138 @@
+//! `ApiError`: every error the HTTP edge answers, rendered as the contract's JSON body
+//! `{"error":{"message","type","code"}}`. Components convert their own errors into it.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::time::Duration;
+
+/// An error answered to the client. Messages are written for the developer calling
+/// the proxy; they never carry secrets or upstream bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400: the request itself is malformed.
+    BadRequest(String),
+    /// 401: missing or invalid caller credentials.
+    Unauthorized(String),
+    /// 404: no such route.
+    NotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 413: the body is over the limit.
+    PayloadTooLarge,
+    /// 431: the headers are over the limit.
+    HeadersTooLarge,
+    /// 502: Orga refused our API key or email (an operator problem).
+    UpstreamAuthFailed,
+    /// 502: Orga unreachable, 5xx, or a malformed answer.
+    Upstream,
+    /// 503: draining, overloaded, or the upstream circuit is open.
+    Unavailable {
+        /// Why, for the message.
+        reason: String,
+        /// Sent as `Retry-After`, rounded up to whole seconds.
+        retry_after: Duration,
+    },
+    /// 504: Orga did not answer in time.
+    UpstreamTimeout,
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UpstreamAuthFailed | Self::Upstream => StatusCode::BAD_GATEWAY,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The machine-readable `code` of the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::UpstreamAuthFailed => "upstream_auth_failed",
+            Self::Upstream => "upstream_error",
+            Self::Unavailable { .. } => "unavailable",
+            Self::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The coarse `type` of the body: whose problem it is.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Unauthorized(_) => "authentication_error",
+            Self::UpstreamAuthFailed | Self::Upstream | Self::UpstreamTimeout => "upstream_error",
+            Self::Unavailable { .. } => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::BadRequest(m) | Self::Unauthorized(m) => m.clone(),
+            Self::NotFound => "No route matches this path.".into(),
+            Self::MethodNotAllowed => "This route does not accept this method.".into(),
+            Self::PayloadTooLarge => "The request body is larger than this service accepts.".into(),
+            Self::HeadersTooLarge => "The request headers are larger than this service accepts.".into(),
+            Self::UpstreamAuthFailed => {
+                "The proxy's Orga credentials were refused by Orga; the operator must fix its configuration.".into()
+            }
+            Self::Upstream => "Orga Cloud could not issue session credentials; try again shortly.".into(),
+            Self::Unavailable { reason, .. } => reason.clone(),
+            Self::UpstreamTimeout => "Orga Cloud did not answer in time; try again shortly.".into(),
+        }
+    }
+}
+
+/// Whole seconds, rounded up and never 0, for `Retry-After`.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": { "message": self.message(), "type": self.kind(), "code": self.code() }
+        });
+        let mut response = (self.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match &self {
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Unavailable { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+    }
+}

@@ -1,0 +1,84 @@
+//! The HTTP edge: the router and its middleware stack, composed in one place.
+
+pub mod cors;
+mod credentials;
+mod health;
+mod limits;
+pub mod request_id;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::Router;
+use axum::http::{Request, Response, header};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::get;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceBuilder;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use tracing::{Span, field::Empty};
+
+pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
+
+/// Builds the public router. No side effects: the caller binds the listener.
+///
+/// The stack reads outermost first: request id, sensitive headers, trace, CORS,
+/// limits and the request deadline; then the routes.
+pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
+    let credentials = get(credentials::credentials).post(credentials::credentials);
+    let stack = ServiceBuilder::new()
+        .layer(from_fn(request_id::request_id))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::PROXY_AUTHORIZATION,
+            header::COOKIE,
+            header::HeaderName::from_static("x-api-key"),
+        ]))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(make_span)
+                .on_response(on_response)
+                .on_failure(()),
+        )
+        .layer(from_fn_with_state(origins, cors::cors))
+        .layer(from_fn_with_state(state.clone(), limits::limits));
+
+    Router::new()
+        .route(&state.config.server.credentials_path, credentials)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(stack)
+        .with_state(state)
+}
+
+/// The request's span: only the path (a query string could carry a token), never
+/// headers. Later stages fill the empty fields.
+fn make_span<B>(request: &Request<B>) -> Span {
+    let request_id = request
+        .headers()
+        .get(&request_id::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id,
+        subject = Empty,
+        upstream_secret_ms = Empty,
+        upstream_ice_ms = Empty,
+    )
+}
+
+fn on_response<B>(response: &Response<B>, latency: Duration, _span: &Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    if response.status().is_server_error() {
+        tracing::warn!(status, latency_ms, "request finished");
+    } else {
+        tracing::info!(status, latency_ms, "request finished");
+    }
+}

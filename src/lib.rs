@@ -1,0 +1,89 @@
+//! orga-proxy keeps the long-lived Orga API key server-side and hands browser and
+//! mobile clients short-lived session credentials (`{ephemeralToken, iceServers}`).
+//!
+//! Layout, in the order a request meets it:
+//! - [`cli`]: `serve | dev | mock-upstream | check-config | healthcheck`.
+//! - [`config`]: the typed configuration, its layers and validation; [`config::Secret`].
+//! - [`http`]: the router and its middleware stack (request id, trace, CORS, limits),
+//!   the credentials handler and the health probes.
+//! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
+//! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
+//! - [`state`], [`telemetry`]: shared handles and logging.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod orga;
+pub mod state;
+pub mod telemetry;
+
+use config::Config;
+use http::cors::AllowedOrigins;
+use state::{AppState, Readiness};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Builds the application state and router from a validated configuration.
+pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
+    let orga = orga::OrgaClient::new(&config.orga)?;
+    let origins =
+        AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)?;
+    let state = AppState {
+        config,
+        orga,
+        readiness: Arc::new(Readiness::default()),
+    };
+    Ok((http::router(state.clone(), Arc::new(origins)), state))
+}
+
+/// Serves the proxy on `listener` until `shutdown` resolves, then drains: readiness
+/// turns 503, the listener closes, in-flight requests finish, and after
+/// `server.shutdown_timeout` whatever is left is dropped.
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (router, state) = app(config.clone()).map_err(std::io::Error::other)?;
+    serve(router, state, listener, shutdown).await
+}
+
+/// Serves an already-built router (see [`app`]) with graceful drain.
+pub async fn serve(
+    router: axum::Router,
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let deadline = state.config.server.shutdown_timeout;
+    let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
+    let readiness = state.readiness.clone();
+    let signal = async move {
+        shutdown.await;
+        readiness.start_draining();
+        tracing::info!(deadline = ?deadline, "shutdown requested: draining in-flight requests");
+        let _ = draining_tx.send(true);
+    };
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(signal);
+    let hard_stop = async move {
+        if draining_rx.wait_for(|draining| *draining).await.is_err() {
+            // The signal future is gone only when the server has already returned.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(deadline).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        () = hard_stop => {
+            tracing::warn!(deadline = ?deadline, "drain deadline passed: dropping the requests still open");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

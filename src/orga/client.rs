@@ -1,0 +1,250 @@
+//! `OrgaClient`: the two upstream calls the official Node SDK makes, built from scratch
+//! (no client header forwarded), with explicit timeouts, no redirects, no system
+//! proxy and a cap on the answer size.
+
+use super::error::{Call, OrgaError};
+use super::types::{ClientSecret, EphemeralToken, IceServer, SessionCredentials};
+use crate::config::OrgaConfig;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::{Response, StatusCode, redirect};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest upstream answer read; both documented answers are well under 1 KiB.
+const MAX_UPSTREAM_BODY: usize = 64 * 1024;
+/// Connecting is never allowed more than this, even with a long `orga.timeout`.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A cheap-to-clone handle on one shared connection pool.
+#[derive(Clone)]
+pub struct OrgaClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// `POST` target with the encoded `email` query already in place.
+    client_secrets_url: reqwest::Url,
+    ice_config_url: reqwest::Url,
+    /// `Bearer <api key>`, marked sensitive so no `Debug` of the request shows it.
+    api_key_bearer: HeaderValue,
+}
+
+/// How long each upstream call took, for the request's log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamTimings {
+    /// The client-secrets call.
+    pub client_secret: Duration,
+    /// The ice-config call.
+    pub ice_config: Duration,
+}
+
+impl OrgaClient {
+    /// Builds the client from validated configuration.
+    pub fn new(config: &OrgaConfig) -> Result<Self, String> {
+        let base = config.base_url.trim_end_matches('/');
+        let client_secrets_url = format!(
+            "{base}/v1/realtime/client-secrets?email={}",
+            encode_uri_component(&config.user_email)
+        );
+        let parse = |u: &str| reqwest::Url::parse(u).map_err(|e| format!("orga.base_url: {e}"));
+        let mut api_key_bearer =
+            HeaderValue::try_from(format!("Bearer {}", config.api_key.expose()))
+                .map_err(|_| "orga.api_key: not a valid header value".to_string())?;
+        api_key_bearer.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("orga-proxy/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(config.timeout.min(MAX_CONNECT_TIMEOUT))
+            .timeout(config.timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                client_secrets_url: parse(&client_secrets_url)?,
+                ice_config_url: parse(&format!("{base}/v1/realtime/ice-config"))?,
+                api_key_bearer,
+            }),
+        })
+    }
+
+    /// Mints a fresh ephemeral token and fetches the ICE servers that go with it.
+    /// Both must succeed: half a credential is never handed out.
+    pub async fn session_credentials(
+        &self,
+        timings: &mut UpstreamTimings,
+    ) -> Result<SessionCredentials, OrgaError> {
+        let started = Instant::now();
+        let secret = self.client_secret().await;
+        timings.client_secret = started.elapsed();
+        let secret = secret?;
+        let started = Instant::now();
+        let ice_servers = self.ice_config(&secret.ephemeral_token).await;
+        timings.ice_config = started.elapsed();
+        Ok(SessionCredentials {
+            ephemeral_token: secret.ephemeral_token,
+            ice_servers: ice_servers?,
+            expires_at: secret.expires_at,
+        })
+    }
+
+    /// `POST /v1/realtime/client-secrets?email=...` with the API key as Bearer, no body.
+    pub async fn client_secret(&self) -> Result<ClientSecret, OrgaError> {
+        let call = Call::ClientSecret;
+        let response = self
+            .inner
+            .http
+            .post(self.inner.client_secrets_url.clone())
+            .header(AUTHORIZATION, self.inner.api_key_bearer.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .send()
+            .await
+            .map_err(|e| transport(call, e))?;
+        match response.status() {
+            s if s.is_success() => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(OrgaError::Auth {
+                    call,
+                    status: response.status().as_u16(),
+                });
+            }
+            s => {
+                return Err(OrgaError::Status {
+                    call,
+                    status: s.as_u16(),
+                });
+            }
+        }
+        let secret: ClientSecret = read_json(call, response).await?;
+        secret
+            .validate()
+            .map_err(|reason| OrgaError::Malformed { call, reason })?;
+        Ok(secret)
+    }
+
+    /// `GET /v1/realtime/ice-config` with the freshly minted token as Bearer.
+    pub async fn ice_config(&self, token: &EphemeralToken) -> Result<Vec<IceServer>, OrgaError> {
+        let call = Call::IceConfig;
+        let response = self
+            .inner
+            .http
+            .get(self.inner.ice_config_url.clone())
+            .header(AUTHORIZATION, token.bearer())
+            .send()
+            .await
+            .map_err(|e| transport(call, e))?;
+        if !response.status().is_success() {
+            return Err(OrgaError::Status {
+                call,
+                status: response.status().as_u16(),
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct IceConfig {
+            #[serde(rename = "iceServers")]
+            ice_servers: Vec<IceServer>,
+        }
+        let config: IceConfig = read_json(call, response).await?;
+        for server in &config.ice_servers {
+            server
+                .validate()
+                .map_err(|reason| OrgaError::Malformed { call, reason })?;
+        }
+        Ok(config.ice_servers)
+    }
+}
+
+/// Reads at most [`MAX_UPSTREAM_BODY`] bytes and parses them. The body never goes
+/// into the error: an upstream could put anything there.
+async fn read_json<T: DeserializeOwned>(
+    call: Call,
+    mut response: Response,
+) -> Result<T, OrgaError> {
+    let too_large = || OrgaError::Malformed {
+        call,
+        reason: format!("answer larger than {MAX_UPSTREAM_BODY} bytes"),
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_UPSTREAM_BODY as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(1024);
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport(call, e))? {
+        if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| OrgaError::Malformed {
+        call,
+        // serde_json's message names the position and expected type, never the content.
+        reason: format!("not the documented JSON ({})", json_problem(&e)),
+    })
+}
+
+/// What kind of JSON problem, without serde_json's message (which may quote the body).
+fn json_problem(error: &serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match error.classify() {
+        Category::Io => "i/o",
+        Category::Syntax => "syntax error",
+        Category::Data => "missing or mistyped field",
+        Category::Eof => "truncated",
+    }
+}
+
+fn transport(call: Call, error: reqwest::Error) -> OrgaError {
+    if error.is_timeout() {
+        return OrgaError::Timeout { call };
+    }
+    let never_sent = error.is_connect();
+    // Drop the URL: its query holds the account email.
+    let error = error.without_url();
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    OrgaError::Transport {
+        call,
+        reason,
+        never_sent,
+    }
+}
+
+/// Percent-encodes like JavaScript's `encodeURIComponent`, as the Node SDK does.
+fn encode_uri_component(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_is_encoded_like_encode_uri_component() {
+        assert_eq!(
+            encode_uri_component("dev+team@example.com"),
+            "dev%2Bteam%40example.com"
+        );
+        assert_eq!(encode_uri_component("a b&c=d"), "a%20b%26c%3Dd");
+        assert_eq!(encode_uri_component("é"), "%C3%A9");
+    }
+}

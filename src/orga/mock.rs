@@ -1,0 +1,176 @@
+//! The fake Orga Cloud behind `orga-proxy mock-upstream` and `orga-proxy dev`: the two
+//! realtime endpoints with Orga's wire format and documented error shapes.
+//!
+//! Tokens are self-verifying (`ek_<id>_<expiry>_<tag>`, the tag a keyed hash under a
+//! per-process random key), so the fake accepts on ice-config exactly the tokens it
+//! minted and unexpired, without keeping state that grows under a benchmark.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a minted token stays valid.
+const TOKEN_TTL: Duration = Duration::from_secs(600);
+/// The API key prefix accepted when no key is pinned.
+pub const API_KEY_PREFIX: &str = "sk_orga_ai_";
+
+/// How the fake behaves.
+#[derive(Debug, Clone, Default)]
+pub struct MockOptions {
+    /// Accept only this API key; `None` accepts any `sk_orga_ai_*` key.
+    pub api_key: Option<crate::config::Secret>,
+    /// Added before every answer, to model a distant upstream.
+    pub latency: Duration,
+}
+
+struct MockState {
+    options: MockOptions,
+    /// Keys the token tag; random per process so tokens cannot be forged or replayed
+    /// across restarts.
+    tag_key: RandomState,
+}
+
+/// The fake's router.
+pub fn router(options: MockOptions) -> Router {
+    let state = Arc::new(MockState {
+        options,
+        tag_key: RandomState::new(),
+    });
+    Router::new()
+        .route("/v1/realtime/client-secrets", post(client_secrets))
+        .route("/v1/realtime/ice-config", get(ice_config))
+        .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))) })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({"detail": "Method Not Allowed"})),
+            )
+        })
+        .with_state(state)
+}
+
+/// Orga's documented 401/403 body.
+fn openai_style_error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}});
+    (status, Json(body)).into_response()
+}
+
+/// FastAPI's 422 body.
+fn validation_error(loc: &[&str], msg: &str, kind: &str) -> Response {
+    let body = json!({"detail": [{"type": kind, "loc": loc, "msg": msg, "input": null}]});
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn client_secrets(
+    State(state): State<Arc<MockState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    tokio::time::sleep(state.options.latency).await;
+    let key_ok = match (bearer(&headers), &state.options.api_key) {
+        (Some(key), Some(pinned)) => key == pinned.expose(),
+        (Some(key), None) => key.starts_with(API_KEY_PREFIX) && key.len() > API_KEY_PREFIX.len(),
+        (None, _) => false,
+    };
+    if !key_ok {
+        return openai_style_error(StatusCode::UNAUTHORIZED, "Invalid API key provided");
+    }
+    let Some(email) = query.get("email") else {
+        return validation_error(&["query", "email"], "Field required", "missing");
+    };
+    if crate::config::validate_email(email).is_err() {
+        return validation_error(
+            &["query", "email"],
+            "value is not a valid email address",
+            "value_error",
+        );
+    }
+    let expires_at = now_unix() + TOKEN_TTL.as_secs();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let tag = state.tag_key.hash_one((&id, expires_at));
+    let token = format!("ek_{id}_{expires_at}_{tag:016x}");
+    Json(json!({"ephemeral_token": token, "expires_at": expires_at})).into_response()
+}
+
+async fn ice_config(State(state): State<Arc<MockState>>, headers: HeaderMap) -> Response {
+    tokio::time::sleep(state.options.latency).await;
+    if !bearer(&headers).is_some_and(|t| token_is_valid(&state, t)) {
+        return openai_style_error(StatusCode::UNAUTHORIZED, "Invalid ephemeral token");
+    }
+    let ice: Value = json!({"iceServers": [
+        {"urls": "stun:127.0.0.1:3478"},
+        {"urls": ["turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.1:3478?transport=tcp"],
+         "username": "fake-orga-user", "credential": "fake-orga-turn-credential"}
+    ]});
+    Json(ice).into_response()
+}
+
+fn token_is_valid(state: &MockState, token: &str) -> bool {
+    let mut parts = token.strip_prefix("ek_").unwrap_or("").split('_');
+    let (Some(id), Some(expiry), Some(tag), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let (Ok(expires_at), Ok(tag)) = (expiry.parse::<u64>(), u64::from_str_radix(tag, 16)) else {
+        return false;
+    };
+    expires_at > now_unix() && state.tag_key.hash_one((id, expires_at)) == tag
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_minted_unexpired_tokens_verify() {
+        let state = MockState {
+            options: MockOptions::default(),
+            tag_key: RandomState::new(),
+        };
+        let expires_at = now_unix() + 60;
+        let tag = state.tag_key.hash_one(("abc", expires_at));
+        assert!(token_is_valid(
+            &state,
+            &format!("ek_abc_{expires_at}_{tag:016x}")
+        ));
+        assert!(!token_is_valid(
+            &state,
+            &format!("ek_abd_{expires_at}_{tag:016x}")
+        ));
+        assert!(!token_is_valid(
+            &state,
+            &format!("ek_abc_{}_{tag:016x}", expires_at + 1)
+        ));
+        let past = now_unix() - 1;
+        let tag = state.tag_key.hash_one(("abc", past));
+        assert!(!token_is_valid(
+            &state,
+            &format!("ek_abc_{past}_{tag:016x}")
+        ));
+        assert!(!token_is_valid(&state, "garbage"));
+    }
+}

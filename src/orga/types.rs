@@ -1,0 +1,185 @@
+//! The upstream answers and the credentials handed to clients. Tokens and TURN
+//! credentials are redacted from every `Debug` print.
+
+use reqwest::header::HeaderValue;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest ephemeral token accepted from upstream; it travels in a header.
+const MAX_TOKEN_LEN: usize = 4096;
+
+/// A short-lived Orga session token. Serializes as itself (it is the payload handed to
+/// the client) but never shows in `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EphemeralToken(String);
+
+impl EphemeralToken {
+    /// Wraps a raw token.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The raw token; for the response body and the ice-config call only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `Bearer <token>` as a sensitive header value.
+    pub(crate) fn bearer(&self) -> HeaderValue {
+        // validate() has checked the token is visible ASCII, so this cannot fail.
+        let mut value = HeaderValue::try_from(format!("Bearer {}", self.0))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+        value.set_sensitive(true);
+        value
+    }
+}
+
+impl fmt::Debug for EphemeralToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EphemeralToken([redacted])")
+    }
+}
+
+/// The client-secrets answer: the token and, when Orga gives one, its expiry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClientSecret {
+    /// The minted token.
+    pub ephemeral_token: EphemeralToken,
+    /// Expiry as Orga gave it (Unix seconds or a timestamp string), passed through.
+    #[serde(default)]
+    pub expires_at: Option<Expiry>,
+}
+
+impl ClientSecret {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let token = self.ephemeral_token.expose();
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err("ephemeral_token is empty or too long".into());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("ephemeral_token holds characters that cannot travel in a header".into());
+        }
+        Ok(())
+    }
+}
+
+/// An expiry in whichever of the two usual shapes upstream used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Expiry {
+    /// Unix seconds.
+    Unix(u64),
+    /// An RFC 3339 timestamp or similar string.
+    Text(String),
+}
+
+/// One STUN/TURN server as `RTCPeerConnection` takes it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// One URL or several.
+    pub urls: IceUrls,
+    /// TURN user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN credential (short-lived, but still a secret: never in `Debug`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// `urls` is a string or an array of strings, kept in the shape Orga used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IceUrls {
+    /// A single URL.
+    One(String),
+    /// Several URLs.
+    Many(Vec<String>),
+}
+
+impl IceServer {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let urls: Vec<&str> = match &self.urls {
+            IceUrls::One(u) => vec![u.as_str()],
+            IceUrls::Many(us) => us.iter().map(String::as_str).collect(),
+        };
+        if urls.is_empty() {
+            return Err("an ICE server has no urls".into());
+        }
+        for url in urls {
+            let scheme_ok = ["stun:", "stuns:", "turn:", "turns:"].iter().any(|s| {
+                url.get(..s.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(s))
+            });
+            if !scheme_ok {
+                return Err("an ICE server URL is not stun:, stuns:, turn: or turns:".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for IceServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IceServer")
+            .field("urls", &self.urls)
+            .field("username", &self.username)
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+/// What the credentials route answers: exactly what the client SDKs expect from
+/// `sessionConfigEndpoint` / `fetchSessionConfig`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionCredentials {
+    /// The ephemeral token for `POST /v1/realtime/calls`.
+    pub ephemeral_token: EphemeralToken,
+    /// STUN/TURN servers for `RTCPeerConnection`.
+    pub ice_servers: Vec<IceServer>,
+    /// When the token expires, if Orga said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Expiry>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token_or_turn_credential() {
+        let credentials = SessionCredentials {
+            ephemeral_token: EphemeralToken::new("ek_canary"),
+            ice_servers: vec![IceServer {
+                urls: IceUrls::One("turn:turn.example:3478".into()),
+                username: Some("u".into()),
+                credential: Some("turn_canary".into()),
+            }],
+            expires_at: None,
+        };
+        let debug = format!("{credentials:?}");
+        assert!(!debug.contains("canary"), "{debug}");
+        let json = serde_json::to_value(&credentials).unwrap();
+        assert_eq!(json["ephemeralToken"], "ek_canary");
+        assert_eq!(json["iceServers"][0]["credential"], "turn_canary");
+    }
+
+    #[test]
+    fn ice_urls_keep_their_shape() {
+        let one: IceServer = serde_json::from_str(r#"{"urls":"stun:s:3478"}"#).unwrap();
+        let many: IceServer =
+            serde_json::from_str(r#"{"urls":["turn:t:3478"],"username":"u","credential":"c"}"#)
+                .unwrap();
+        assert_eq!(
+            serde_json::to_string(&one).unwrap(),
+            r#"{"urls":"stun:s:3478"}"#
+        );
+        assert!(many.validate().is_ok());
+        let bad: IceServer = serde_json::from_str(r#"{"urls":"http://evil"}"#).unwrap();
+        assert!(bad.validate().is_err());
+    }
+}

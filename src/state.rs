@@ -1,0 +1,80 @@
+//! `AppState`: the cheap handles every handler and middleware shares, and `Readiness`.
+
+use crate::config::Config;
+use crate::orga::OrgaClient;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Shared by every request; all fields are cheap clones.
+#[derive(Clone)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The upstream client (one connection pool).
+    pub orga: OrgaClient,
+    /// Whether the process should receive new traffic.
+    pub readiness: Arc<Readiness>,
+}
+
+/// What `/readyz` reports: not ready while draining, or while any registered
+/// dependency (JWKS keys, Redis...) says it is not loaded.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    draining: AtomicBool,
+    dependencies: RwLock<Vec<(&'static str, Arc<AtomicBool>)>>,
+}
+
+impl Readiness {
+    /// Marks the process as draining: `/readyz` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Registers a dependency that starts not ready; the component sets the returned
+    /// flag to `true` once it can serve (and back to `false` if it no longer can).
+    pub fn dependency(&self, name: &'static str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.dependencies
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((name, flag.clone()));
+        flag
+    }
+
+    /// The reasons the process is not ready; empty when ready.
+    pub fn problems(&self) -> Vec<&'static str> {
+        let mut problems = Vec::new();
+        if self.is_draining() {
+            problems.push("draining");
+        }
+        let dependencies = self.dependencies.read().unwrap_or_else(|p| p.into_inner());
+        problems.extend(
+            dependencies
+                .iter()
+                .filter(|(_, ready)| !ready.load(Ordering::SeqCst))
+                .map(|(name, _)| *name),
+        );
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dependency_blocks_readiness_until_it_reports_ready() {
+        let readiness = Readiness::default();
+        let jwks = readiness.dependency("jwks");
+        assert_eq!(readiness.problems(), ["jwks"]);
+        jwks.store(true, Ordering::SeqCst);
+        assert!(readiness.problems().is_empty());
+        readiness.start_draining();
+        assert_eq!(readiness.problems(), ["draining"]);
+    }
+}
