@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod orga;
+pub mod pool;
 pub mod state;
 pub mod telemetry;
 
@@ -28,15 +29,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Builds the application state and router from a validated configuration.
+/// Builds the application state and router from a validated configuration. Starts
+/// background tasks (the pool's refill), so call it inside a Tokio runtime.
 pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
     let orga = orga::OrgaClient::new(&config.orga)?;
     let origins =
         AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)?;
+    let pool = config.pool.enabled.then(|| {
+        let client = orga.clone();
+        let mint: pool::Mint = Arc::new(move || {
+            let client = client.clone();
+            Box::pin(async move { client.session_credentials(&mut Default::default()).await })
+        });
+        pool::CredentialPool::start(&config.pool, mint)
+    });
     let state = AppState {
         config,
         orga,
         readiness: Arc::new(Readiness::default()),
+        pool,
     };
     Ok((http::router(state.clone(), Arc::new(origins)), state))
 }

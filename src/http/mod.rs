@@ -68,6 +68,7 @@ fn make_span<B>(request: &Request<B>) -> Span {
         path = %request.uri().path(),
         request_id,
         subject = Empty,
+        pool = Empty,
         upstream_secret_ms = Empty,
         upstream_ice_ms = Empty,
     )
