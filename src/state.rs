@@ -14,6 +14,8 @@ pub struct AppState {
     pub orga: OrgaClient,
     /// Whether the process should receive new traffic.
     pub readiness: Arc<Readiness>,
+    /// Checks callers of the credentials route (`auth.mode`).
+    pub authenticator: crate::auth::Authenticator,
 }
 
 /// What `/readyz` reports: not ready while draining, or while any registered
