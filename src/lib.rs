@@ -6,12 +6,14 @@
 //! - [`config`]: the typed configuration, its layers and validation; [`config::Secret`].
 //! - [`http`]: the router and its middleware stack (request id, trace, CORS, limits),
 //!   the credentials handler and the health probes.
+//! - [`auth`]: who may call the credentials route (none, API keys, JWT with a JWKS cache).
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
 //! - [`state`], [`telemetry`]: shared handles and logging.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -43,10 +45,14 @@ pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
         });
         pool::CredentialPool::start(&config.pool, mint)
     });
+    let readiness = Arc::new(Readiness::default());
+    let authenticator =
+        auth::Authenticator::new(&config.auth, &readiness, Arc::new(auth::SystemClock))?;
     let state = AppState {
         config,
         orga,
-        readiness: Arc::new(Readiness::default()),
+        readiness,
+        authenticator,
         pool,
     };
     Ok((http::router(state.clone(), Arc::new(origins)), state))

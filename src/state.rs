@@ -17,6 +17,8 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// Credentials minted ahead of demand, when `pool.enabled`.
     pub pool: Option<CredentialPool>,
+    /// Checks callers of the credentials route (`auth.mode`).
+    pub authenticator: crate::auth::Authenticator,
 }
 
 /// What `/readyz` reports: not ready while draining, or while any registered

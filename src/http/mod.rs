@@ -24,9 +24,15 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 /// Builds the public router. No side effects: the caller binds the listener.
 ///
 /// The stack reads outermost first: request id, sensitive headers, trace, CORS,
-/// limits and the request deadline; then the routes.
+/// limits and the request deadline; then the routes, the credentials route behind auth
+/// (health, readiness and CORS preflights never reach it).
 pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
-    let credentials = get(credentials::credentials).post(credentials::credentials);
+    let credentials = get(credentials::credentials)
+        .post(credentials::credentials)
+        .route_layer(from_fn_with_state(
+            state.authenticator.clone(),
+            crate::auth::require,
+        ));
     let stack = ServiceBuilder::new()
         .layer(from_fn(request_id::request_id))
         .layer(SetSensitiveRequestHeadersLayer::new([

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 against a fake Orga Cloud (the
 //! embedded one, or wiremock where a test needs to script the upstream).
 
+mod auth;
 mod browser;
 mod cli;
 mod cors;
