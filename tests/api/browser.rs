@@ -213,3 +213,116 @@ async fn a_page_on_an_origin_that_is_not_allowed_cannot_read_the_response() {
         "no status was readable: {result}"
     );
 }
+
+/// The proxy requiring `api_key` or `jwt`, with the page's origin allowed.
+async fn app_requiring(page: SocketAddr, mode: &str) -> TestApp {
+    let mode = mode.to_owned();
+    spawn_app_with(move |c| {
+        c.cors.allowed_origins = vec![format!("http://{page}")];
+        if mode == "api_key" {
+            c.auth.mode = orga_proxy::auth::AuthMode::ApiKey;
+            c.auth.api_keys = vec![orga_proxy::config::Secret::new(BROWSER_API_KEY)];
+        } else {
+            c.auth.mode = orga_proxy::auth::AuthMode::Jwt;
+            c.auth.jwt.secret = orga_proxy::config::Secret::new(crate::auth::HS_SECRET);
+        }
+    })
+    .await
+}
+
+const BROWSER_API_KEY: &str = "browser-test-api-key-0123456789";
+
+#[tokio::test]
+async fn with_api_key_auth_the_preflighted_authorization_header_is_accepted_and_its_absence_refused()
+ {
+    let Some(browser) = browser("with_api_key_auth").await else {
+        return;
+    };
+    let page = serve_page(Router::new()).await;
+    let app = app_requiring(page, "api_key").await;
+    let (page_url, endpoint) = (format!("http://{page}"), app.url(&app.credentials_path));
+    let with = run_example(&browser, &page_url, &endpoint, Some(BROWSER_API_KEY), false).await;
+    assert_eq!(with["ok"], true, "{with}");
+    let without = run_example(&browser, &page_url, &endpoint, None, false).await;
+    assert_eq!(
+        without["status"], 401,
+        "the 401 is readable cross-origin: {without}"
+    );
+    assert_eq!(without["code"], "unauthorized", "{without}");
+    let wrong = run_example(&browser, &page_url, &endpoint, Some("not-the-key"), false).await;
+    assert_eq!(wrong["status"], 401, "{wrong}");
+}
+
+#[tokio::test]
+async fn with_jwt_auth_the_users_bearer_token_is_accepted_and_its_absence_refused() {
+    let Some(browser) = browser("with_jwt_auth").await else {
+        return;
+    };
+    let page = serve_page(Router::new()).await;
+    let app = app_requiring(page, "jwt").await;
+    let token = crate::auth::hs256(
+        crate::auth::HS_SECRET.as_bytes(),
+        &crate::auth::claims("user-42"),
+    );
+    let (page_url, endpoint) = (format!("http://{page}"), app.url(&app.credentials_path));
+    let with = run_example(&browser, &page_url, &endpoint, Some(&token), false).await;
+    assert_eq!(with["ok"], true, "{with}");
+    assert_eq!(with["offerType"], "offer", "{with}");
+    let without = run_example(&browser, &page_url, &endpoint, None, false).await;
+    assert_eq!(without["status"], 401, "{without}");
+}
+
+#[tokio::test]
+async fn a_same_site_page_with_a_jwt_cookie_succeeds_with_credentials_include() {
+    let Some(browser) = browser("a_same_site_page_with_a_jwt_cookie").await else {
+        return;
+    };
+    let token = crate::auth::hs256(
+        crate::auth::HS_SECRET.as_bytes(),
+        &crate::auth::claims("user-7"),
+    );
+    // The page's own "login" sets the session cookie, as the site's auth would.
+    let login = Router::new().route(
+        "/login",
+        get(move || async move {
+            (
+                [(
+                    "set-cookie",
+                    format!("orga_session={token}; Path=/; SameSite=Lax; HttpOnly"),
+                )],
+                "logged in",
+            )
+        }),
+    );
+    let page = serve_page(login).await;
+    // Both on localhost: different ports are different origins but the same site.
+    let page_origin = format!("http://localhost:{}", page.port());
+    let app = spawn_app_with({
+        let page_origin = page_origin.clone();
+        move |c| {
+            c.cors.allowed_origins = vec![page_origin];
+            c.cors.allow_credentials = true;
+            c.auth.mode = orga_proxy::auth::AuthMode::Jwt;
+            c.auth.jwt.secret = orga_proxy::config::Secret::new(crate::auth::HS_SECRET);
+            c.auth.jwt.cookie = "orga_session".into();
+        }
+    })
+    .await;
+    let endpoint = format!(
+        "http://localhost:{}{}",
+        app.addr.port(),
+        app.credentials_path
+    );
+    browser
+        .client
+        .goto(&format!("{page_origin}/login"))
+        .await
+        .unwrap();
+    let with = run_example(&browser, &page_origin, &endpoint, None, true).await;
+    assert_eq!(with["ok"], true, "the cookie went along: {with}");
+    let without = run_example(&browser, &page_origin, &endpoint, None, false).await;
+    assert_eq!(
+        without["status"], 401,
+        "without credentials: 'include' no cookie is sent: {without}"
+    );
+}
