@@ -225,8 +225,8 @@ impl Authenticator {
 }
 
 /// Middleware for the credentials route: refuses the request (401, or 503 while a
-/// JWKS has never loaded), or records the subject on the request's span and inserts
-/// it as an extension before passing the request on.
+/// JWKS has never loaded), or inserts the subject as a request extension (for later
+/// stages) and a response extension (for the request's log line).
 pub async fn require(
     State(auth): State<Authenticator>,
     mut request: Request,
@@ -237,9 +237,10 @@ pub async fn require(
         .await
     {
         Ok(Some(subject)) => {
-            tracing::Span::current().record("subject", subject.as_str());
-            request.extensions_mut().insert(subject);
-            next.run(request).await
+            request.extensions_mut().insert(subject.clone());
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(subject);
+            response
         }
         Ok(None) => next.run(request).await,
         Err(error) => {

@@ -8,27 +8,30 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
+/// Marks a response served from the prefetch pool, for the request's log line.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolHit;
+
 /// `GET` / `POST {server.credentials_path}`. Never cached, never shared: each call
-/// mints its own token upstream.
-pub async fn credentials(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// mints its own token upstream. What the request's log line needs (upstream timings,
+/// a pool hit) travels as response extensions: recording it on the span would cost a
+/// JSON re-parse of the span's fields per `record` call.
+pub async fn credentials(State(state): State<AppState>) -> Response {
     if let Some(credentials) = state.pool.as_ref().and_then(|pool| pool.take()) {
-        tracing::Span::current().record("pool", "hit");
-        return Ok(respond(credentials));
+        let mut response = respond(credentials);
+        response.extensions_mut().insert(PoolHit);
+        return response;
     }
     let mut timings = UpstreamTimings::default();
-    let result = state.orga.session_credentials(&mut timings).await;
-    let span = tracing::Span::current();
-    span.record("upstream_secret_ms", millis(timings.client_secret));
-    if !timings.ice_config.is_zero() {
-        span.record("upstream_ice_ms", millis(timings.ice_config));
-    }
-    match result {
-        Ok(credentials) => Ok(respond(credentials)),
+    let mut response = match state.orga.session_credentials(&mut timings).await {
+        Ok(credentials) => respond(credentials),
         Err(error) => {
             log_upstream_error(&error);
-            Err(ApiError::from(&error))
+            ApiError::from(&error).into_response()
         }
-    }
+    };
+    response.extensions_mut().insert(timings);
+    response
 }
 
 fn respond(credentials: SessionCredentials) -> Response {
@@ -51,8 +54,4 @@ fn log_upstream_error(error: &OrgaError) {
         }
         _ => tracing::error!(error = %error, kind = error.kind(), "Orga Cloud call failed"),
     }
-}
-
-fn millis(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

@@ -6,7 +6,9 @@ mod health;
 mod limits;
 pub mod request_id;
 
+use crate::auth::Subject;
 use crate::error::ApiError;
+use crate::orga::UpstreamTimings;
 use crate::state::AppState;
 use axum::Router;
 use axum::http::{Request, Response, header};
@@ -17,7 +19,7 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
-use tracing::{Span, field::Empty};
+use tracing::Span;
 
 pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 
@@ -73,19 +75,38 @@ fn make_span<B>(request: &Request<B>) -> Span {
         method = %request.method(),
         path = %request.uri().path(),
         request_id,
-        subject = Empty,
-        pool = Empty,
-        upstream_secret_ms = Empty,
-        upstream_ice_ms = Empty,
     )
 }
 
+/// The request's one log line, with what the stages left in the response extensions.
 fn on_response<B>(response: &Response<B>, latency: Duration, _span: &Span) {
+    let millis = |d: Duration| d.as_secs_f64() * 1000.0;
+    let extensions = response.extensions();
     let status = response.status().as_u16();
-    let latency_ms = latency.as_secs_f64() * 1000.0;
+    let latency_ms = millis(latency);
+    let subject = extensions.get::<Subject>().map(Subject::as_str);
+    let timings = extensions.get::<UpstreamTimings>();
+    let upstream_secret_ms = timings.map(|t| millis(t.client_secret));
+    let upstream_ice_ms = timings
+        .filter(|t| !t.ice_config.is_zero())
+        .map(|t| millis(t.ice_config));
+    let pool = extensions.get::<credentials::PoolHit>().map(|_| "hit");
+    macro_rules! finished {
+        ($level:ident) => {
+            tracing::$level!(
+                status,
+                latency_ms,
+                subject,
+                upstream_secret_ms,
+                upstream_ice_ms,
+                pool,
+                "request finished"
+            )
+        };
+    }
     if response.status().is_server_error() {
-        tracing::warn!(status, latency_ms, "request finished");
+        finished!(warn);
     } else {
-        tracing::info!(status, latency_ms, "request finished");
+        finished!(info);
     }
 }

@@ -1,7 +1,10 @@
 //! The tracing subscriber: JSON or text lines on stdout, filtered by `RUST_LOG` or
 //! `log.level`.
 
+mod json;
+
 use crate::config::{LogConfig, LogFormat};
+pub use json::JsonLines;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -17,10 +20,8 @@ pub fn init(config: &LogConfig) {
         .with_writer(std::io::stdout);
     let _ = match config.format {
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(JsonLines)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };

@@ -1,0 +1,210 @@
+//! `JsonLines`: one JSON object per event, like tracing-subscriber's JSON format with
+//! `flatten_event` and `with_current_span`, but cheaper on the hot path.
+//!
+//! tracing-subscriber keeps each span's fields as a JSON string and its JSON formatter
+//! parses that string back into a `serde_json::Value` for every event (about a tenth of
+//! the proxy's instructions per request in a callgrind profile). Here the stored object
+//! is spliced into the line as it is.
+
+use std::fmt::{self, Write as _};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The event formatter; use with `.fmt_fields(JsonFields::new())`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JsonLines;
+
+impl<S> FormatEvent<S, JsonFields> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut line = String::with_capacity(384);
+        line.push_str("{\"timestamp\":\"");
+        SystemTime.format_time(&mut Writer::new(&mut line))?;
+        let _ = write!(line, "\",\"level\":\"{}\"", meta.level());
+        event.record(&mut JsonVisitor(&mut line));
+        line.push_str(",\"target\":");
+        push_json_str(&mut line, meta.target());
+        if let Some(span) = ctx.lookup_current() {
+            line.push_str(",\"span\":{\"name\":");
+            push_json_str(&mut line, span.name());
+            let extensions = span.extensions();
+            let fields = extensions
+                .get::<FormattedFields<JsonFields>>()
+                .map(|f| f.fields.as_str())
+                .unwrap_or("");
+            // JsonFields stores `{...}`: splice its members after "name".
+            if let Some(members) = fields.strip_prefix('{').and_then(|f| f.strip_suffix('}')) {
+                if !members.is_empty() {
+                    line.push(',');
+                    line.push_str(members);
+                }
+            }
+            line.push('}');
+        }
+        line.push('}');
+        writeln!(writer, "{line}")
+    }
+}
+
+/// Writes `,"name":value` for each field of an event.
+struct JsonVisitor<'a>(&'a mut String);
+
+impl JsonVisitor<'_> {
+    fn key(&mut self, field: &Field) {
+        self.0.push(',');
+        push_json_str(self.0, field.name());
+        self.0.push(':');
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        push_json_str(self.0, value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
+        push_json_str(self.0, &format!("{value:?}"));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.0, "{value}");
+        } else {
+            push_json_str(self.0, &value.to_string());
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        let _ = write!(self.0, "{value}");
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        let _ = write!(self.0, "{value}");
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.0.push_str(if value { "true" } else { "false" });
+    }
+}
+
+/// Appends `value` as a JSON string literal.
+fn push_json_str(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn lines(emit: impl FnOnce()) -> Vec<serde_json::Value> {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
+            .with_writer(buffer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect(l))
+            .collect()
+    }
+
+    #[test]
+    fn events_carry_their_fields_and_the_current_spans_fields_including_recorded_ones() {
+        let out = lines(|| {
+            let span =
+                tracing::info_span!("request", method = "GET", subject = tracing::field::Empty);
+            let _guard = span.enter();
+            span.record("subject", "user-1");
+            tracing::info!(
+                status = 200u64,
+                latency_ms = 1.5,
+                ok = true,
+                "request finished"
+            );
+        });
+        let line = &out[0];
+        assert_eq!(line["message"], "request finished");
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["latency_ms"], 1.5);
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["span"]["name"], "request");
+        assert_eq!(line["span"]["method"], "GET");
+        assert_eq!(line["span"]["subject"], "user-1");
+        assert!(line["timestamp"].as_str().is_some_and(|t| t.contains('T')));
+    }
+
+    #[test]
+    fn hostile_values_cannot_break_out_of_their_string() {
+        let out = lines(|| {
+            tracing::warn!(value = "a\"}\n{\"level\":\"ERROR\u{1}", "x");
+        });
+        assert_eq!(out.len(), 1, "one line, still valid JSON");
+        assert_eq!(out[0]["value"], "a\"}\n{\"level\":\"ERROR\u{1}");
+        assert_eq!(out[0]["level"], "WARN");
+    }
+
+    #[test]
+    fn events_outside_a_span_have_no_span_key() {
+        let out = lines(|| tracing::info!(n = -3i64, "plain"));
+        assert!(out[0].get("span").is_none());
+        assert_eq!(out[0]["n"], -3);
+    }
+}
