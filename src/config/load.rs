@@ -94,12 +94,15 @@ fn extract(explicit: Option<&Path>) -> Result<(Config, ConfigSource), ConfigErro
     let file = config_file(explicit)?;
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = &file {
-        if let Err(e) = std::fs::read_to_string(path) {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![format!(
+                "config file {}: cannot read it: {e} (set by --config or ORGA_PROXY_CONFIG)",
+                path.display()
+            )],
+        })?;
+        if let Err(e) = toml::from_str::<toml::Table>(&text) {
             return Err(ConfigError {
-                problems: vec![format!(
-                    "config file {}: cannot read it: {e} (set by --config or ORGA_PROXY_CONFIG)",
-                    path.display()
-                )],
+                problems: vec![toml_syntax_error(path, &text, &e)],
             });
         }
         figment = figment.merge(Toml::file_exact(path));
@@ -185,6 +188,23 @@ fn apply_port(listen: &str, port: &str) -> Result<String, String> {
     Ok(addr.to_string())
 }
 
+/// A TOML syntax error as one line: where, and what, but never the offending line
+/// itself (it may hold a secret, as in an unterminated `api_key = "...`).
+fn toml_syntax_error(path: &Path, text: &str, error: &toml::de::Error) -> String {
+    let position = error.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!(" at line {line}, column {column}")
+    });
+    let message = error.message().lines().next().unwrap_or("invalid TOML");
+    format!(
+        "config file {}: TOML syntax error{}: {message}",
+        path.display(),
+        position.unwrap_or_default()
+    )
+}
+
 /// Turns figment's errors (all of them, not just the first) into one line each.
 fn describe(error: figment::Error) -> Vec<String> {
     error
@@ -193,7 +213,9 @@ fn describe(error: figment::Error) -> Vec<String> {
             let mut path = e.path.clone();
             let message = match &e.kind {
                 Kind::UnknownField(field, expected) => {
-                    path.push(field.clone());
+                    if path.last() != Some(field) {
+                        path.push(field.clone());
+                    }
                     format!("unknown key; known keys here: {}", expected.join(", "))
                 }
                 Kind::UnknownVariant(value, expected) => {
