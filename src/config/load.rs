@@ -2,10 +2,11 @@
 //! (`ORGA_API_KEY`, `ORGA_API_KEY_FILE`, `ORGA_USER_EMAIL`, `ORGA_BASE_URL`, `PORT`),
 //! then `ORGA_PROXY_<SECTION>__<KEY>` variables. Later layers win.
 
+use super::env::PrefixedEnv;
 use super::{Config, validate};
 use figment::Figment;
 use figment::error::Kind;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -128,11 +129,7 @@ fn extract(explicit: Option<&Path>) -> Result<(Config, ConfigSource), ConfigErro
             )),
         }
     }
-    figment = figment.merge(
-        Env::prefixed(ENV_PREFIX)
-            .filter(|key| key != "config")
-            .split("__"),
-    );
+    figment = figment.merge(PrefixedEnv::new(ENV_PREFIX, &["config"]));
 
     let mut config: Config = match figment.extract() {
         Ok(config) => config,

@@ -1,6 +1,7 @@
 //! The typed configuration: built-in defaults, then a TOML file, then environment
 //! variables (see [`load`]), validated once at start-up (see [`validate`]).
 
+mod env;
 mod load;
 pub(crate) mod parse;
 mod secret;
