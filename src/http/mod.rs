@@ -11,8 +11,9 @@ use crate::error::ApiError;
 use crate::orga::UpstreamTimings;
 use crate::state::AppState;
 use axum::Router;
-use axum::http::{Request, Response, header};
+use axum::http::{HeaderValue, Request, Response, header};
 use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +30,17 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 /// limits and the request deadline; then the routes, the credentials route behind auth
 /// (health, readiness and CORS preflights never reach it).
 pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
+    // HEAD is refused explicitly: axum would otherwise run the GET handler for it and
+    // mint a billable token whose body is thrown away (a monitoring probe would burn quota).
     let credentials = get(credentials::credentials)
         .post(credentials::credentials)
+        .head(|| async {
+            let mut response = ApiError::MethodNotAllowed.into_response();
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+            response
+        })
         .route_layer(from_fn_with_state(
             state.authenticator.clone(),
             crate::auth::require,

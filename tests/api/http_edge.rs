@@ -72,6 +72,25 @@ async fn wrong_methods_are_json_405_with_allow() {
 }
 
 #[tokio::test]
+async fn head_on_the_credentials_route_is_405_and_mints_nothing() {
+    let upstream = wiremock::MockServer::start().await;
+    let app = spawn_app_against(&upstream.uri(), |_| {}).await;
+    let response = app
+        .client
+        .head(app.url(&app.credentials_path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET, POST");
+    let upstream_calls = upstream.received_requests().await.unwrap();
+    assert!(
+        upstream_calls.is_empty(),
+        "HEAD reached Orga: {upstream_calls:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_sane_request_id_is_kept_and_a_hostile_one_replaced() {
     let app = spawn_app().await;
     let kept = app
