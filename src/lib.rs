@@ -46,8 +46,13 @@ pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
         pool::CredentialPool::start(&config.pool, mint)
     });
     let readiness = Arc::new(Readiness::default());
-    let authenticator =
-        auth::Authenticator::new(&config.auth, &readiness, Arc::new(auth::SystemClock))?;
+    let origins = Arc::new(origins);
+    let authenticator = auth::Authenticator::new(
+        &config.auth,
+        &readiness,
+        Arc::new(auth::SystemClock),
+        origins.clone(),
+    )?;
     let state = AppState {
         config,
         orga,
@@ -55,7 +60,7 @@ pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
         authenticator,
         pool,
     };
-    Ok((http::router(state.clone(), Arc::new(origins)), state))
+    Ok((http::router(state.clone(), origins), state))
 }
 
 /// Serves the proxy on `listener` until `shutdown` resolves, then drains: readiness

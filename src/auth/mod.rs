@@ -11,6 +11,7 @@ mod token;
 pub use config::{AuthConfig, AuthMode, JwtConfig};
 
 use crate::error::ApiError;
+use crate::http::cors::AllowedOrigins;
 use crate::state::Readiness;
 use api_key::ApiKeys;
 use axum::extract::{Request, State};
@@ -116,6 +117,8 @@ enum Mode {
     Open,
     ApiKeys(ApiKeys),
     Jwt {
+        /// Cookie tokens are honoured only for requests from these origins (or same-origin).
+        origins: Arc<AllowedOrigins>,
         verifier: JwtVerifier,
         /// Also read the token from this cookie.
         cookie: Option<String>,
@@ -130,6 +133,7 @@ impl Authenticator {
         config: &AuthConfig,
         readiness: &Readiness,
         clock: Arc<dyn Clock>,
+        origins: Arc<AllowedOrigins>,
     ) -> Result<Self, String> {
         // Explicit, so a second backend enabled by some other crate can never leave
         // jsonwebtoken without one (it would panic at the first verification).
@@ -161,6 +165,7 @@ impl Authenticator {
                 Mode::Jwt {
                     verifier: JwtVerifier::new(jwt, keys, clock),
                     cookie: (!jwt.cookie.is_empty()).then(|| jwt.cookie.clone()),
+                    origins,
                 }
             }
         };
@@ -193,22 +198,30 @@ impl Authenticator {
                     .ok_or_else(|| AuthError::invalid("The API key is not valid."))?;
                 Ok(Some(Subject(subject.to_owned())))
             }
-            Mode::Jwt { verifier, cookie } => {
+            Mode::Jwt {
+                verifier,
+                cookie,
+                origins,
+            } => {
                 let token = match token::bearer(headers)? {
                     Some(token) => token.to_owned(),
-                    None => cookie
-                        .as_deref()
-                        .and_then(|name| token::cookie(headers, name))
-                        .ok_or_else(|| match cookie {
-                            Some(name) => token::missing(
-                                query,
-                                &format!("a token: send `Authorization: Bearer <token>` or the `{name}` cookie"),
-                            ),
-                            None => token::missing(
-                                query,
-                                "a token: send `Authorization: Bearer <token>`",
-                            ),
-                        })?,
+                    None => {
+                        let from_cookie = cookie
+                            .as_deref()
+                            .and_then(|name| token::cookie(headers, name))
+                            .ok_or_else(|| match cookie {
+                                Some(name) => token::missing(
+                                    query,
+                                    &format!("a token: send `Authorization: Bearer <token>` or the `{name}` cookie"),
+                                ),
+                                None => token::missing(
+                                    query,
+                                    "a token: send `Authorization: Bearer <token>`",
+                                ),
+                            })?;
+                        token::check_cookie_request(headers, origins)?;
+                        from_cookie
+                    }
                 };
                 verifier.verify(&token).await.map(|sub| Some(Subject(sub)))
             }

@@ -2,6 +2,7 @@
 //! or a cookie. Never the query string, which ends up in access logs and history.
 
 use super::AuthError;
+use crate::http::cors::AllowedOrigins;
 use axum::http::{HeaderMap, HeaderName, header};
 
 /// The `X-API-Key` header.
@@ -50,6 +51,33 @@ pub(super) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value.trim().trim_matches('"').to_owned())
         .filter(|value| !value.is_empty())
+}
+
+/// A browser sends a site's cookies on requests other sites start (a top-level
+/// navigation to the credentials URL, a form post), so a cookie token alone would let any
+/// page spend the Orga quota of a logged-in user. It counts only when the request comes
+/// from the proxy's own origin (`Sec-Fetch-Site: same-origin`) or from an allowed origin;
+/// a browser request from elsewhere, with or without `Origin`, is refused. A client that
+/// sends no fetch metadata and no `Origin` (not a browser) is not affected.
+pub(super) fn check_cookie_request(
+    headers: &HeaderMap,
+    origins: &AllowedOrigins,
+) -> Result<(), AuthError> {
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let allowed = match (fetch_site, origin) {
+        (Some("same-origin"), _) => true,
+        (_, Some(origin)) => origins.allows(origin),
+        (Some("cross-site" | "same-site"), None) => false,
+        (_, None) => true,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(AuthError::invalid(
+            "A cookie token is accepted only from the proxy's own origin or an origin in cors.allowed_origins; send `Authorization: Bearer <token>` instead.",
+        ))
+    }
 }
 
 /// The 401 for a request without credentials, explaining what to send; when the

@@ -167,7 +167,7 @@ async fn after_the_cooldown_an_unknown_kid_may_fetch_again() {
     config.jwt.jwks_url = idp.url.clone();
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
     let readiness = Readiness::default();
-    let auth = Authenticator::new(&config, &readiness, clock.clone()).unwrap();
+    let auth = Authenticator::new(&config, &readiness, clock.clone(), Default::default()).unwrap();
     let check = |kid: &str| {
         let mut headers = HeaderMap::new();
         let token = key.sign(kid, &claims("u"));

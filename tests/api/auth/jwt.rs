@@ -203,6 +203,70 @@ async fn the_token_is_read_from_the_configured_cookie() {
     assert!(message.contains("orga_session"), "{message}");
 }
 
+/// Sends the cookie token with the given browser headers.
+async fn cookie_request(
+    app: &TestApp,
+    token: &str,
+    browser_headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .get(app.url(&app.credentials_path))
+        .header("cookie", format!("orga_session={token}"));
+    for (name, value) in browser_headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_cookie_token_counts_only_from_the_own_or_an_allowed_origin() {
+    let app = spawn_app_with(|config| {
+        jwt_secret_config(config);
+        config.auth.jwt.cookie = "orga_session".into();
+        config.cors.allowed_origins = vec!["https://app.example.com".into()];
+        config.cors.allow_credentials = true;
+    })
+    .await;
+    let token = hs256(HS_SECRET.as_bytes(), &claims("u"));
+    for accepted in [
+        &[
+            ("origin", "https://app.example.com"),
+            ("sec-fetch-site", "same-site"),
+        ][..],
+        &[("sec-fetch-site", "same-origin")][..],
+        &[("sec-fetch-site", "none")][..],
+    ] {
+        let response = cookie_request(&app, &token, accepted).await;
+        assert_eq!(response.status(), 200, "{accepted:?}");
+    }
+    for refused in [
+        // Another site navigating the user's browser to the credentials URL.
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+        ][..],
+        // A sibling subdomain, or any page, fetching with credentials: 'include'.
+        &[
+            ("origin", "https://evil.example.com"),
+            ("sec-fetch-site", "same-site"),
+        ][..],
+        &[
+            ("origin", "https://app.example.com.evil.com"),
+            ("sec-fetch-site", "cross-site"),
+        ][..],
+    ] {
+        let message = assert_unauthorized(cookie_request(&app, &token, refused).await).await;
+        assert!(message.contains("cookie"), "{refused:?}: {message}");
+    }
+    let bearer = get_with_bearer(&app, &token).await;
+    assert_eq!(
+        bearer.status(),
+        200,
+        "a Bearer token is not subject to the origin rule"
+    );
+}
+
 #[tokio::test]
 async fn a_cookie_is_not_read_unless_configured() {
     let app = app().await;
@@ -247,7 +311,7 @@ async fn hs256_signed_with_the_rsa_public_key_is_refused_in_jwks_mode() {
 async fn subject_seen_by_handler(auth: &AuthConfig, header: (&str, String)) -> String {
     let readiness = Readiness::default();
     let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000)));
-    let authenticator = Authenticator::new(auth, &readiness, clock).unwrap();
+    let authenticator = Authenticator::new(auth, &readiness, clock, Default::default()).unwrap();
     let router = axum::Router::new()
         .route(
             "/",
