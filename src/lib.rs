@@ -6,6 +6,7 @@
 //! - [`config`]: the typed configuration, its layers and validation; [`config::Secret`].
 //! - [`http`]: the router and its middleware stack (request id, trace, CORS, limits),
 //!   the credentials handler and the health probes.
+//! - [`ratelimit`]: per-client and per-subject budgets (memory or Redis).
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
 //! - [`state`], [`telemetry`]: shared handles and logging.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod orga;
+pub mod ratelimit;
 pub mod state;
 pub mod telemetry;
 
@@ -33,10 +35,13 @@ pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
     let orga = orga::OrgaClient::new(&config.orga)?;
     let origins =
         AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)?;
+    let readiness = Arc::new(Readiness::default());
+    let rate_limit = ratelimit::RateLimit::from_config(&config.rate_limit, &readiness)?;
     let state = AppState {
         config,
         orga,
-        readiness: Arc::new(Readiness::default()),
+        readiness,
+        rate_limit,
     };
     Ok((http::router(state.clone(), Arc::new(origins)), state))
 }

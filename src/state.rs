@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::orga::OrgaClient;
+use crate::ratelimit::RateLimit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -14,6 +15,8 @@ pub struct AppState {
     pub orga: OrgaClient,
     /// Whether the process should receive new traffic.
     pub readiness: Arc<Readiness>,
+    /// The rate limits of the credentials route.
+    pub rate_limit: RateLimit,
 }
 
 /// What `/readyz` reports: not ready while draining, or while any registered

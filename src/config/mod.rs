@@ -2,7 +2,7 @@
 //! variables (see [`load`]), validated once at start-up (see [`validate`]).
 
 mod load;
-mod parse;
+pub(crate) mod parse;
 mod secret;
 mod validate;
 
@@ -25,6 +25,8 @@ pub struct Config {
     pub orga: OrgaConfig,
     /// Which browser origins may read the credentials.
     pub cors: CorsConfig,
+    /// Per-client (and optional per-subject) limits on the credentials route.
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
     /// Log output.
     pub log: LogConfig,
 }

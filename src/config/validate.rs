@@ -62,6 +62,9 @@ pub(super) fn validate(config: &Config, dev: bool) -> Vec<String> {
         AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)
             .map(|_| ()),
     );
+    for (key, message) in crate::ratelimit::config::validate(&config.rate_limit) {
+        check(key, Err(message));
+    }
     check(
         "log.level",
         tracing_subscriber::EnvFilter::try_new(&config.log.level)

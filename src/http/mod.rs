@@ -7,6 +7,7 @@ mod limits;
 pub mod request_id;
 
 use crate::error::ApiError;
+use crate::ratelimit;
 use crate::state::AppState;
 use axum::Router;
 use axum::http::{Request, Response, header};
@@ -24,9 +25,15 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 /// Builds the public router. No side effects: the caller binds the listener.
 ///
 /// The stack reads outermost first: request id, sensitive headers, trace, CORS,
-/// limits and the request deadline; then the routes.
+/// limits and the request deadline; then the routes. The credentials route adds its
+/// own layers: the per-client rate limit, then auth (then the per-subject limit).
 pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
-    let credentials = get(credentials::credentials).post(credentials::credentials);
+    let credentials = get(credentials::credentials)
+        .post(credentials::credentials)
+        .route_layer(from_fn_with_state(
+            state.rate_limit.clone(),
+            ratelimit::limit_clients,
+        ));
     let stack = ServiceBuilder::new()
         .layer(from_fn(request_id::request_id))
         .layer(SetSensitiveRequestHeadersLayer::new([
