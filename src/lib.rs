@@ -32,11 +32,19 @@ use tokio::net::TcpListener;
 
 /// Builds the application state and router from a validated configuration.
 pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
+    app_with_clock(config, ratelimit::LimiterClock::monotonic())
+}
+
+/// As [`app`], with the in-memory rate-limit budgets on `clock` (tests advance a fake one).
+pub fn app_with_clock(
+    config: Arc<Config>,
+    clock: ratelimit::LimiterClock,
+) -> Result<(axum::Router, AppState), String> {
     let orga = orga::OrgaClient::new(&config.orga)?;
     let origins =
         AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)?;
     let readiness = Arc::new(Readiness::default());
-    let rate_limit = ratelimit::RateLimit::from_config(&config.rate_limit, &readiness)?;
+    let rate_limit = ratelimit::RateLimit::with_clock(&config.rate_limit, &readiness, clock)?;
     let state = AppState {
         config,
         orga,

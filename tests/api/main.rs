@@ -7,4 +7,5 @@ mod credentials;
 mod helpers;
 mod http_edge;
 mod mock_upstream;
+mod ratelimit;
 mod upstream_errors;
