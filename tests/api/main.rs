@@ -8,4 +8,5 @@ mod helpers;
 mod http_edge;
 mod mock_upstream;
 mod ratelimit;
+mod ratelimit_redis;
 mod upstream_errors;
