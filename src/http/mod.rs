@@ -28,6 +28,7 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 /// limits and the request deadline; then the routes. The credentials route adds its
 /// own layers: the per-client rate limit, then auth (then the per-subject limit).
 pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
+    // Route layers wrap the ones added before them: the last added runs first.
     let credentials = get(credentials::credentials)
         .post(credentials::credentials)
         .route_layer(from_fn_with_state(

@@ -271,7 +271,10 @@ pub async fn limit_clients(
     let decision = match limit.check_client(&key).await {
         Ok(decision) => decision,
         Err(error) => {
-            tracing::info!(client = %key, "client over its rate limit");
+            // A Redis failure (fail closed) is logged once by the backend, not per request.
+            if matches!(error, ApiError::RateLimited { .. }) {
+                tracing::info!(client = %key, "client over its rate limit");
+            }
             return error.into_response();
         }
     };
@@ -306,7 +309,9 @@ pub async fn limit_subjects(
     let decision = match limit.check_subject(subject).await {
         Ok(decision) => decision,
         Err(error) => {
-            tracing::info!("subject over its rate limit");
+            if matches!(error, ApiError::RateLimited { .. }) {
+                tracing::info!("subject over its rate limit");
+            }
             return error.into_response();
         }
     };

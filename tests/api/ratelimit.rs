@@ -476,3 +476,19 @@ fn redis_failure_defaults_to_the_local_fallback() {
         RedisFailure::Local
     );
 }
+
+#[tokio::test]
+async fn without_a_peer_address_every_client_shares_one_budget_rather_than_none() {
+    let app = Limited::new(|_| {}).await;
+    let send = || {
+        let request = Request::get(PATH).body(Body::empty()).unwrap();
+        app.router.clone().oneshot(request)
+    };
+    for _ in 0..3 {
+        assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(
+        send().await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
