@@ -7,17 +7,20 @@
 //! - [`http`]: the router and its middleware stack (request id, trace, CORS, limits),
 //!   the credentials handler and the health probes.
 //! - [`ratelimit`]: per-client and per-subject budgets (memory or Redis).
+//! - [`auth`]: who may call the credentials route (none, API keys, JWT with a JWKS cache).
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
 //! - [`state`], [`telemetry`]: shared handles and logging.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod orga;
+pub mod pool;
 pub mod ratelimit;
 pub mod state;
 pub mod telemetry;
@@ -30,7 +33,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Builds the application state and router from a validated configuration.
+/// Builds the application state and router from a validated configuration. Starts
+/// background tasks (the pool's refill), so call it inside a Tokio runtime.
 pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
     app_with_clock(config, ratelimit::LimiterClock::monotonic())
 }
@@ -43,13 +47,25 @@ pub fn app_with_clock(
     let orga = orga::OrgaClient::new(&config.orga)?;
     let origins =
         AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)?;
+    let pool = config.pool.enabled.then(|| {
+        let client = orga.clone();
+        let mint: pool::Mint = Arc::new(move || {
+            let client = client.clone();
+            Box::pin(async move { client.session_credentials(&mut Default::default()).await })
+        });
+        pool::CredentialPool::start(&config.pool, mint)
+    });
     let readiness = Arc::new(Readiness::default());
+    let authenticator =
+        auth::Authenticator::new(&config.auth, &readiness, Arc::new(auth::SystemClock))?;
     let rate_limit = ratelimit::RateLimit::with_clock(&config.rate_limit, &readiness, clock)?;
     let state = AppState {
         config,
         orga,
         readiness,
         rate_limit,
+        authenticator,
+        pool,
     };
     Ok((http::router(state.clone(), Arc::new(origins)), state))
 }

@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::orga::OrgaClient;
+use crate::pool::CredentialPool;
 use crate::ratelimit::RateLimit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -17,6 +18,10 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// The rate limits of the credentials route.
     pub rate_limit: RateLimit,
+    /// Credentials minted ahead of demand, when `pool.enabled`.
+    pub pool: Option<CredentialPool>,
+    /// Checks callers of the credentials route (`auth.mode`).
+    pub authenticator: crate::auth::Authenticator,
 }
 
 /// What `/readyz` reports: not ready while draining, or while any registered

@@ -26,11 +26,20 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 ///
 /// The stack reads outermost first: request id, sensitive headers, trace, CORS,
 /// limits and the request deadline; then the routes. The credentials route adds its
-/// own layers: the per-client rate limit, then auth (then the per-subject limit).
+/// own layers, outermost first: the per-client rate limit, auth, then the per-subject
+/// limit (health, readiness and CORS preflights never reach them).
 pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
-    // Route layers wrap the ones added before them: the last added runs first.
+    // A route layer wraps the ones added before it: the last added runs first.
     let credentials = get(credentials::credentials)
         .post(credentials::credentials)
+        .route_layer(from_fn_with_state(
+            state.rate_limit.clone(),
+            ratelimit::limit_subjects,
+        ))
+        .route_layer(from_fn_with_state(
+            state.authenticator.clone(),
+            crate::auth::require,
+        ))
         .route_layer(from_fn_with_state(
             state.rate_limit.clone(),
             ratelimit::limit_clients,
@@ -76,6 +85,7 @@ fn make_span<B>(request: &Request<B>) -> Span {
         path = %request.uri().path(),
         request_id,
         subject = Empty,
+        pool = Empty,
         upstream_secret_ms = Empty,
         upstream_ice_ms = Empty,
     )

@@ -285,15 +285,12 @@ pub async fn limit_clients(
     response
 }
 
-/// Who authentication identified, as the per-subject limit reads it from the request
-/// extensions. A stand-in until `auth::Subject` exists: when merging, make
-/// [`subject_of`] read that type instead.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subject(pub String);
-
-/// The one place that knows how auth hands over the caller's identity.
+/// The caller auth identified ([`crate::auth::require`] puts it in the extensions).
 fn subject_of(request: &Request) -> Option<&str> {
-    request.extensions().get::<Subject>().map(|s| s.0.as_str())
+    request
+        .extensions()
+        .get::<crate::auth::Subject>()
+        .map(crate::auth::Subject::as_str)
 }
 
 /// Middleware, after auth on the credentials route: one budget per authenticated

@@ -1,12 +1,15 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 against a fake Orga Cloud (the
 //! embedded one, or wiremock where a test needs to script the upstream).
 
+mod auth;
+mod browser;
 mod cli;
 mod cors;
 mod credentials;
 mod helpers;
 mod http_edge;
 mod mock_upstream;
+mod pool;
 mod ratelimit;
 mod ratelimit_redis;
 mod upstream_errors;

@@ -9,11 +9,11 @@ use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
 use governor::clock::FakeRelativeClock;
-use orga_proxy::config::Config;
+use orga_proxy::auth::AuthMode;
+use orga_proxy::auth::Subject;
+use orga_proxy::config::{Config, Secret};
 use orga_proxy::orga::mock::MockOptions;
-use orga_proxy::ratelimit::{
-    self, LimiterClock, RateLimit, RateLimitConfig, RedisFailure, Subject,
-};
+use orga_proxy::ratelimit::{self, LimiterClock, RateLimit, RateLimitConfig, RedisFailure};
 use orga_proxy::state::Readiness;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -32,6 +32,7 @@ impl Limited {
     async fn new(customize: impl FnOnce(&mut Config)) -> Self {
         let upstream = helpers::spawn_mock_upstream(MockOptions::default()).await;
         let mut config = helpers::test_config(&upstream);
+        config.rate_limit.enabled = true;
         config.rate_limit.requests_per_minute = 30;
         config.rate_limit.burst = 3;
         customize(&mut config);
@@ -327,6 +328,7 @@ async fn health_probes_and_unknown_routes_are_not_rate_limited() {
 #[tokio::test]
 async fn the_real_server_limits_its_peer_and_answers_the_contract_429() {
     let app = spawn_app_with(|c| {
+        c.rate_limit.enabled = true;
         c.rate_limit.requests_per_minute = 1;
         c.rate_limit.burst = 2;
     })
@@ -491,4 +493,53 @@ async fn without_a_peer_address_every_client_shares_one_budget_rather_than_none(
         send().await.unwrap().status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+const WEB_KEY: &str = "web-key-0123456789abcdef";
+const IOS_KEY: &str = "ios-key-0123456789abcdef";
+
+fn with_api_keys(config: &mut Config) {
+    config.auth.mode = AuthMode::ApiKey;
+    config.auth.api_keys = vec![
+        Secret::new(format!("web:{WEB_KEY}")),
+        Secret::new(format!("ios:{IOS_KEY}")),
+    ];
+}
+
+#[tokio::test]
+async fn the_client_limit_runs_before_auth_so_failed_attempts_spend_the_budget() {
+    let app = Limited::new(with_api_keys).await;
+    for _ in 0..3 {
+        let response = app.send("203.0.113.9", &[("x-api-key", "wrong-key")]).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(header(&response, "ratelimit-remaining").len(), 1);
+    }
+    let refused = app.send("203.0.113.9", &[("x-api-key", WEB_KEY)]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn the_per_subject_limit_follows_the_key_across_addresses() {
+    let app = Limited::new(|config| {
+        with_api_keys(config);
+        config.rate_limit.burst = 10;
+        config.rate_limit.per_subject.enabled = true;
+        config.rate_limit.per_subject.requests_per_minute = 6;
+        config.rate_limit.per_subject.burst = 2;
+    })
+    .await;
+    // One key from three addresses: two requests, then the key's budget is spent.
+    let from = ["198.51.100.1", "198.51.100.2", "198.51.100.3"];
+    for (peer, remaining) in from.iter().zip(["1", "0"]) {
+        let response = app.send(peer, &[("x-api-key", WEB_KEY)]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(&response, "ratelimit-limit"), "2");
+        assert_eq!(header(&response, "ratelimit-remaining"), remaining);
+    }
+    let refused = app.send(from[2], &[("x-api-key", WEB_KEY)]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "retry-after"), "10");
+    // Another key from the same address has its own budget.
+    let other = app.send(from[2], &[("x-api-key", IOS_KEY)]).await;
+    assert_eq!(other.status(), StatusCode::OK);
 }

@@ -103,6 +103,7 @@ fn redis_backend(url: &str, failure: RedisFailure) -> impl FnOnce(&mut Config) {
     let url = url.to_owned();
     move |config| {
         let limit = &mut config.rate_limit;
+        limit.enabled = true;
         limit.backend = Backend::Redis;
         limit.redis_url = Secret::new(url);
         limit.redis_failure = failure;
