@@ -85,6 +85,7 @@ struct Table<K: Hash + Eq> {
     states: DashMapStateStore<K>,
     /// Where keys go while the table is full.
     overflow: InMemoryState,
+    /// `rate_limit.max_tracked_clients`.
     max_keys: usize,
     /// Requests that met a full table since the last sweep.
     overflowed: AtomicU64,
@@ -149,9 +150,13 @@ type Governor<K> = RateLimiter<K, Store<K>, LimiterClock, StateInformationMiddle
 /// A keyed in-memory limiter.
 #[derive(Debug)]
 pub struct LocalLimiter<K: Hash + Eq + Clone> {
+    /// The GCRA and the clock, over `table`.
     governor: Governor<K>,
+    /// The same table, for counting and sweeping.
     table: Arc<Table<K>>,
+    /// The quota, for the headers.
     rate: Rate,
+    /// `rate_limit.sweep_interval`.
     sweep_interval: Duration,
     /// Clock reading (ns) at which the next sweep is due.
     next_sweep: AtomicU64,

@@ -115,7 +115,9 @@ pub fn reset_secs(reset: Duration) -> u64 {
 /// Where one limit keeps its budgets.
 #[derive(Debug)]
 enum Limiter<K: Hash + Eq + Clone> {
+    /// In this process.
     Memory(Arc<LocalLimiter<K>>),
+    /// In Redis, with a local fallback.
     Redis(RedisLimiter<K>),
 }
 
@@ -166,11 +168,16 @@ impl<K: Hash + Eq + Clone + Display + Send + Sync + 'static> Limiter<K> {
 #[derive(Debug, Clone, Default)]
 pub struct RateLimit(Option<Arc<Limits>>);
 
+/// The enabled limits.
 #[derive(Debug)]
 struct Limits {
+    /// Per client IP (IPv6 per prefix).
     clients: Limiter<ClientKey>,
+    /// Per authenticated subject, when `per_subject.enabled`.
     subjects: Option<Limiter<String>>,
+    /// Whose `X-Forwarded-For` is believed.
     trusted: TrustedProxies,
+    /// `rate_limit.ipv6_prefix`.
     ipv6_prefix: u8,
 }
 

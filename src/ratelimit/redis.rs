@@ -44,8 +44,11 @@ const PING_FAILING: Duration = Duration::from_secs(1);
 
 /// The connection shared by the client and subject limiters, with its health.
 pub struct RedisConnection {
+    /// Reconnects by itself; cloned per call (it is a handle).
     manager: ConnectionManager,
+    /// `rate_limit.redis_timeout`, applied to every call.
     timeout: Duration,
+    /// `rate_limit.redis_failure`.
     failure: RedisFailure,
     /// Whether the last call succeeded (for logging transitions once).
     healthy: AtomicBool,
@@ -194,9 +197,11 @@ async fn ping_until_dropped(connection: Weak<RedisConnection>) {
 /// A keyed limiter whose budgets live in Redis.
 #[derive(Debug)]
 pub struct RedisLimiter<K: Hash + Eq + Clone> {
+    /// Shared with the other limit, if any.
     connection: Arc<RedisConnection>,
     /// `redis_key_prefix` plus the limit's own scope (`ip:`, `sub:`).
     prefix: String,
+    /// The quota passed to the script.
     rate: Rate,
     /// Used while Redis fails, with `redis_failure = "local"`.
     fallback: Arc<LocalLimiter<K>>,
