@@ -23,6 +23,15 @@ pub enum ApiError {
     PayloadTooLarge,
     /// 431: the headers are over the limit.
     HeadersTooLarge,
+    /// 429: a rate-limit budget is spent.
+    RateLimited {
+        /// The burst of the budget, sent as `RateLimit-Limit`.
+        limit: u32,
+        /// Until the budget is full again, sent as `RateLimit-Reset`.
+        reset: Duration,
+        /// Until one request is admitted, sent as `Retry-After`.
+        retry_after: Duration,
+    },
     /// 502: Orga refused our API key or email (an operator problem).
     UpstreamAuthFailed,
     /// 502: Orga unreachable, 5xx, or a malformed answer.
@@ -48,6 +57,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamAuthFailed | Self::Upstream => StatusCode::BAD_GATEWAY,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -63,6 +73,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamAuthFailed => "upstream_auth_failed",
             Self::Upstream => "upstream_error",
             Self::Unavailable { .. } => "unavailable",
@@ -76,6 +87,7 @@ impl ApiError {
             Self::Unauthorized(_) => "authentication_error",
             Self::UpstreamAuthFailed | Self::Upstream | Self::UpstreamTimeout => "upstream_error",
             Self::Unavailable { .. } => "server_error",
+            Self::RateLimited { .. } => "rate_limit_error",
             _ => "invalid_request_error",
         }
     }
@@ -87,6 +99,10 @@ impl ApiError {
             Self::MethodNotAllowed => "This route does not accept this method.".into(),
             Self::PayloadTooLarge => "The request body is larger than this service accepts.".into(),
             Self::HeadersTooLarge => "The request headers are larger than this service accepts.".into(),
+            Self::RateLimited { retry_after, .. } => format!(
+                "Too many requests; try again in {} s.",
+                retry_after_secs(*retry_after)
+            ),
             Self::UpstreamAuthFailed => {
                 "The proxy's Orga credentials were refused by Orga; the operator must fix its configuration.".into()
             }
@@ -118,6 +134,16 @@ impl IntoResponse for ApiError {
             Self::Unavailable { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
             }
+            Self::RateLimited {
+                limit,
+                reset,
+                retry_after,
+            } => {
+                headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
+                headers.insert("ratelimit-limit", (*limit).into());
+                headers.insert("ratelimit-remaining", HeaderValue::from_static("0"));
+                headers.insert("ratelimit-reset", retry_after_secs(*reset).into());
+            }
             _ => {}
         }
         response
@@ -134,5 +160,21 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
         assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+    }
+
+    #[test]
+    fn a_rate_limited_answer_carries_retry_after_and_the_ratelimit_headers() {
+        let response = ApiError::RateLimited {
+            limit: 10,
+            reset: Duration::from_millis(19_500),
+            retry_after: Duration::from_millis(1),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = response.headers();
+        assert_eq!(h[header::RETRY_AFTER], "1");
+        assert_eq!(h["ratelimit-limit"], "10");
+        assert_eq!(h["ratelimit-remaining"], "0");
+        assert_eq!(h["ratelimit-reset"], "20");
     }
 }

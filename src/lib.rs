@@ -6,6 +6,7 @@
 //! - [`config`]: the typed configuration, its layers and validation; [`config::Secret`].
 //! - [`http`]: the router and its middleware stack (request id, trace, CORS, limits),
 //!   the credentials handler and the health probes.
+//! - [`ratelimit`]: per-client and per-subject budgets (memory or Redis).
 //! - [`auth`]: who may call the credentials route (none, API keys, JWT with a JWKS cache).
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod http;
 pub mod orga;
 pub mod pool;
+pub mod ratelimit;
 pub mod state;
 pub mod telemetry;
 
@@ -34,6 +36,14 @@ use tokio::net::TcpListener;
 /// Builds the application state and router from a validated configuration. Starts
 /// background tasks (the pool's refill), so call it inside a Tokio runtime.
 pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
+    app_with_clock(config, ratelimit::LimiterClock::monotonic())
+}
+
+/// As [`app`], with the in-memory rate-limit budgets on `clock` (tests advance a fake one).
+pub fn app_with_clock(
+    config: Arc<Config>,
+    clock: ratelimit::LimiterClock,
+) -> Result<(axum::Router, AppState), String> {
     let orga = orga::OrgaClient::new(&config.orga)?;
     let origins =
         AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)?;
@@ -53,10 +63,12 @@ pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
         Arc::new(auth::SystemClock),
         origins.clone(),
     )?;
+    let rate_limit = ratelimit::RateLimit::with_clock(&config.rate_limit, &readiness, clock)?;
     let state = AppState {
         config,
         orga,
         readiness,
+        rate_limit,
         authenticator,
         pool,
     };

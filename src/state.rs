@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::orga::OrgaClient;
 use crate::pool::CredentialPool;
+use crate::ratelimit::RateLimit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -15,6 +16,8 @@ pub struct AppState {
     pub orga: OrgaClient,
     /// Whether the process should receive new traffic.
     pub readiness: Arc<Readiness>,
+    /// The rate limits of the credentials route.
+    pub rate_limit: RateLimit,
     /// Credentials minted ahead of demand, when `pool.enabled`.
     pub pool: Option<CredentialPool>,
     /// Checks callers of the credentials route (`auth.mode`).

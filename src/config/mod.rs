@@ -26,6 +26,8 @@ pub struct Config {
     pub orga: OrgaConfig,
     /// Which browser origins may read the credentials.
     pub cors: CorsConfig,
+    /// Per-client (and optional per-subject) limits on the credentials route.
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
     /// Who may call the credentials route.
     pub auth: crate::auth::AuthConfig,
     /// Log output.

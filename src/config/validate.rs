@@ -69,6 +69,9 @@ pub(super) fn validate(config: &Config, dev: bool) -> Vec<String> {
         within(pool.refill_concurrency, 1, 64),
     );
     check("pool.max_age", positive(pool.max_age));
+    for (key, message) in crate::ratelimit::config::validate(&config.rate_limit) {
+        check(key, Err(message));
+    }
     for (key, message) in crate::auth::config::validate(&config.auth) {
         check(key, Err(message));
     }

@@ -9,6 +9,7 @@ pub mod request_id;
 use crate::auth::Subject;
 use crate::error::ApiError;
 use crate::orga::UpstreamTimings;
+use crate::ratelimit;
 use crate::state::AppState;
 use axum::Router;
 use axum::http::{HeaderValue, Request, Response, header};
@@ -27,11 +28,13 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 /// Builds the public router. No side effects: the caller binds the listener.
 ///
 /// The stack reads outermost first: request id, sensitive headers, trace, CORS,
-/// limits and the request deadline; then the routes, the credentials route behind auth
-/// (health, readiness and CORS preflights never reach it).
+/// limits and the request deadline; then the routes. The credentials route adds its
+/// own layers, outermost first: the per-client rate limit, auth, then the per-subject
+/// limit (health, readiness and CORS preflights never reach them).
 pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
     // HEAD is refused explicitly: axum would otherwise run the GET handler for it and
     // mint a billable token whose body is thrown away (a monitoring probe would burn quota).
+    // A route layer wraps the ones added before it: the last added runs first.
     let credentials = get(credentials::credentials)
         .post(credentials::credentials)
         .head(|| async {
@@ -42,8 +45,16 @@ pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
             response
         })
         .route_layer(from_fn_with_state(
+            state.rate_limit.clone(),
+            ratelimit::limit_subjects,
+        ))
+        .route_layer(from_fn_with_state(
             state.authenticator.clone(),
             crate::auth::require,
+        ))
+        .route_layer(from_fn_with_state(
+            state.rate_limit.clone(),
+            ratelimit::limit_clients,
         ));
     let stack = ServiceBuilder::new()
         .layer(from_fn(request_id::request_id))

@@ -1,7 +1,6 @@
 //! The rest of the HTTP edge: probes, JSON 404/405, request ids, request limits.
 
 use crate::helpers::*;
-use orga_proxy::orga::mock::MockOptions;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -20,17 +19,35 @@ async fn healthz_and_readyz_answer_200() {
 
 #[tokio::test]
 async fn on_shutdown_in_flight_requests_finish_and_run_returns() {
-    let upstream = spawn_mock_upstream(MockOptions {
-        latency: Duration::from_millis(400),
-        ..MockOptions::default()
-    })
-    .await;
-    let mut app = spawn_app_against(&upstream, |_| {}).await;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/realtime/client-secrets"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"ephemeral_token": "ek_slow"}))
+                .set_delay(Duration::from_millis(500)),
+        )
+        .mount(&upstream)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/realtime/ice-config"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"iceServers": [{"urls": "stun:s:3478"}]})),
+        )
+        .mount(&upstream)
+        .await;
+    let mut app = spawn_app_against(&upstream.uri(), |_| {}).await;
     let in_flight = tokio::spawn({
         let (client, url) = (app.client.clone(), app.url(&app.credentials_path));
         async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Shut down only once the request is provably inside the server (upstream reached).
+    while upstream.received_requests().await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     app.begin_shutdown();
     assert_eq!(
         in_flight.await.unwrap().unwrap(),

@@ -10,4 +10,6 @@ mod helpers;
 mod http_edge;
 mod mock_upstream;
 mod pool;
+mod ratelimit;
+mod ratelimit_redis;
 mod upstream_errors;

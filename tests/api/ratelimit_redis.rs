@@ -1,0 +1,270 @@
+//! The Redis backend against a real `redis-server` that each test starts on a free
+//! 127.0.0.1 port and kills when it ends. Without `redis-server` the tests print a
+//! loud SKIPPED line, except in CI (`CI=true`), where they fail.
+
+use crate::helpers::{TestApp, error_code, spawn_app_with};
+use orga_proxy::config::{Config, Secret};
+use orga_proxy::ratelimit::{Backend, RedisFailure};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts one on a free port, or explains why not (`None`: skipped).
+    fn start(test: &str) -> Option<Self> {
+        let binary = redis_server_binary(test)?;
+        Some(Self::start_on(&binary, free_port()))
+    }
+
+    fn start_on(binary: &PathBuf, port: u16) -> Self {
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server starts");
+        let server = Self { child, port };
+        server.wait_until_answering();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn wait_until_answering(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut reply = [0u8; 7];
+                if stream.write_all(b"PING\r\n").is_ok()
+                    && stream.read_exact(&mut reply).is_ok()
+                    && &reply == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "redis-server on port {} did not answer within 10 s",
+            self.port
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `redis-server` from PATH; in CI its absence is a failure, elsewhere a loud skip.
+fn redis_server_binary(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("redis-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "redis-server is not installed; CI must install it (apt-get install redis-server)"
+        );
+        // Straight to the stderr handle: libtest captures eprintln! of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED {test}: redis-server not found in PATH (apt-get install redis-server) ***\n"
+        );
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn redis_backend(url: &str, failure: RedisFailure) -> impl FnOnce(&mut Config) {
+    let url = url.to_owned();
+    move |config| {
+        let limit = &mut config.rate_limit;
+        limit.enabled = true;
+        limit.backend = Backend::Redis;
+        limit.redis_url = Secret::new(url);
+        limit.redis_failure = failure;
+        // One request back a minute: nothing refills while a test runs.
+        limit.requests_per_minute = 1;
+        limit.burst = 4;
+    }
+}
+
+async fn ready(app: &TestApp) -> (u16, serde_json::Value) {
+    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// Polls `/readyz` until it answers `want` (the pinger runs every second while
+/// Redis fails), for at most 15 s.
+async fn wait_for_readiness(app: &TestApp, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = ready(app).await;
+        if status == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn remaining(response: &reqwest::Response) -> &str {
+    response.headers()["ratelimit-remaining"].to_str().unwrap()
+}
+
+#[tokio::test]
+async fn two_proxy_instances_share_one_budget() {
+    let Some(redis) = RedisServer::start("two_proxy_instances_share_one_budget") else {
+        return;
+    };
+    let a = spawn_app_with(redis_backend(&redis.url(), RedisFailure::Closed)).await;
+    let b = spawn_app_with(redis_backend(&redis.url(), RedisFailure::Closed)).await;
+    wait_for_readiness(&a, 200).await;
+    wait_for_readiness(&b, 200).await;
+    for (app, left) in [(&a, "3"), (&b, "2"), (&a, "1"), (&b, "0")] {
+        let response = app.get_credentials().await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["ratelimit-limit"], "4");
+        assert_eq!(remaining(&response), left);
+    }
+    for app in [&a, &b] {
+        let refused = app.get_credentials().await;
+        assert_eq!(refused.status(), 429);
+        let retry_after: u64 = refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+        let reset: u64 = refused.headers()["ratelimit-reset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((retry_after..=240).contains(&reset), "{reset}");
+        assert_eq!(error_code(refused).await, "rate_limited");
+    }
+}
+
+#[tokio::test]
+async fn budgets_in_redis_expire_once_they_are_full_again() {
+    let Some(redis) = RedisServer::start("budgets_in_redis_expire_once_they_are_full_again") else {
+        return;
+    };
+    let app = spawn_app_with(redis_backend(&redis.url(), RedisFailure::Closed)).await;
+    wait_for_readiness(&app, 200).await;
+    assert_eq!(app.get_credentials().await.status(), 200);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["orga-proxy:rl:ip:127.0.0.1"]);
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // One request spent at 1/min: full again within a minute.
+    assert!((1..=60_000).contains(&ttl_ms), "{ttl_ms}");
+}
+
+#[tokio::test]
+async fn fail_closed_answers_503_and_readiness_follows_redis() {
+    let Some(binary) = redis_server_binary("fail_closed_answers_503_and_readiness_follows_redis")
+    else {
+        return;
+    };
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let app = spawn_app_with(redis_backend(&url, RedisFailure::Closed)).await;
+    let (status, body) = ready(&app).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["reasons"], serde_json::json!(["redis"]));
+    let refused = app.get_credentials().await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_code(refused).await, "unavailable");
+
+    let redis = RedisServer::start_on(&binary, port);
+    wait_for_readiness(&app, 200).await;
+    let response = app.get_credentials().await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(remaining(&response), "3");
+
+    drop(redis);
+    wait_for_readiness(&app, 503).await;
+    assert_eq!(app.get_credentials().await.status(), 503);
+}
+
+#[tokio::test]
+async fn with_the_local_fallback_each_replica_still_limits_while_redis_is_down() {
+    let Some(_) = redis_server_binary(
+        "with_the_local_fallback_each_replica_still_limits_while_redis_is_down",
+    ) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let app = spawn_app_with(redis_backend(&url, RedisFailure::Local)).await;
+    for left in ["3", "2", "1", "0"] {
+        let response = app.get_credentials().await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(remaining(&response), left);
+    }
+    assert_eq!(app.get_credentials().await.status(), 429);
+    // Never connected: a wrong redis_url keeps a new replica out of the load balancer.
+    assert_eq!(ready(&app).await.0, 503);
+}
+
+#[tokio::test]
+async fn failing_open_admits_without_headers_while_redis_is_down() {
+    let Some(_) = redis_server_binary("failing_open_admits_without_headers_while_redis_is_down")
+    else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let app = spawn_app_with(redis_backend(&url, RedisFailure::Open)).await;
+    for _ in 0..6 {
+        let response = app.get_credentials().await;
+        assert_eq!(response.status(), 200);
+        assert!(!response.headers().contains_key("ratelimit-limit"));
+    }
+}
+
+#[tokio::test]
+async fn the_redis_url_password_never_reaches_the_logs_or_check_config() {
+    let mut config = Config::default();
+    redis_backend(
+        "redis://:hunter2-canary@127.0.0.1:1/0",
+        RedisFailure::Closed,
+    )(&mut config);
+    let rendered = format!("{config:?}\n{}", config.to_redacted_toml());
+    assert!(!rendered.contains("hunter2-canary"), "{rendered}");
+}
