@@ -7,7 +7,7 @@
 //! upstream fails. An empty pool is a miss: the caller mints live.
 
 use crate::config::PoolConfig;
-use crate::orga::{OrgaError, SessionCredentials};
+use crate::orga::{Expiry, OrgaError, SessionCredentials};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +17,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+/// A credential whose own upstream expiry is closer than this is never handed out, so
+/// a client always has time to open its call even if `max_age` is set too long.
+const MIN_REMAINING_LIFETIME: Duration = Duration::from_secs(15);
 
 /// First pause after a failed refill; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -82,7 +86,7 @@ impl CredentialPool {
             let mut ready = self.inner.lock();
             let mut found = None;
             while let Some((minted, credentials)) = ready.pop_front() {
-                if now.duration_since(minted) < self.inner.max_age {
+                if self.inner.usable(minted, &credentials, now) {
                     found = Some(credentials);
                     break;
                 }
@@ -138,13 +142,26 @@ impl Inner {
         metrics::counter!("orga_proxy_pool_discards_total").increment(n);
     }
 
+    /// Younger than `max_age`, and not about to expire by upstream's own clock.
+    fn usable(&self, minted: Instant, credentials: &SessionCredentials, now: Instant) -> bool {
+        let expires_soon = match credentials.expires_at {
+            Some(Expiry::Unix(at)) => {
+                let deadline = std::time::SystemTime::now() + MIN_REMAINING_LIFETIME;
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(at);
+                at <= deadline
+            }
+            _ => false,
+        };
+        now.duration_since(minted) < self.max_age && !expires_soon
+    }
+
     /// Drops stale credentials; returns how many are missing and when the oldest
     /// remaining one goes stale.
     fn prune(&self) -> (usize, Option<Instant>) {
         let now = Instant::now();
         let mut ready = self.lock();
         let before = ready.len();
-        ready.retain(|(minted, _)| now.duration_since(*minted) < self.max_age);
+        ready.retain(|(minted, credentials)| self.usable(*minted, credentials, now));
         let dropped = before - ready.len();
         let next_stale = ready.front().map(|(minted, _)| *minted + self.max_age);
         let missing = self.size.saturating_sub(ready.len());
@@ -180,7 +197,16 @@ async fn refill(pool: std::sync::Weak<Inner>, taken: Arc<Notify>, mint: Mint) {
         let mut failed = false;
         while let Some(joined) = batch.join_next().await {
             match joined {
-                Ok((minted, Ok(credentials))) => inner.lock().push_back((minted, credentials)),
+                Ok((minted, Ok(credentials))) => {
+                    if inner.usable(minted, &credentials, Instant::now()) {
+                        inner.lock().push_back((minted, credentials));
+                    } else {
+                        // Stale on arrival (an upstream expiry too short for the pool):
+                        // treat it as a failure so the refill backs off, not spins.
+                        failed = true;
+                        inner.discarded(1);
+                    }
+                }
                 Ok((_, Err(error))) => {
                     failed = true;
                     inner.stats.refill_failures.fetch_add(1, Ordering::Relaxed);
@@ -295,6 +321,31 @@ mod tests {
         assert!(pool.take().is_none(), "a stale credential was handed out");
         assert_eq!(pool.stats().discards.load(Ordering::Relaxed), 4);
         assert!(pool.stats().refill_failures.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_credential_near_its_upstream_expiry_is_never_handed_out() {
+        let soon = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 5;
+        let mint: Mint = Arc::new(move || {
+            Box::pin(async move {
+                Ok(SessionCredentials {
+                    ephemeral_token: EphemeralToken::new("ek_short_lived"),
+                    ice_servers: Vec::new(),
+                    expires_at: Some(Expiry::Unix(soon)),
+                })
+            })
+        });
+        let pool = CredentialPool::start(&config(2), mint);
+        settle().await;
+        assert!(
+            pool.take().is_none(),
+            "a token with 5 s left was handed out"
+        );
+        assert!(pool.stats().discards.load(Ordering::Relaxed) > 0);
     }
 
     #[tokio::test(start_paused = true)]

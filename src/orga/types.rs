@@ -47,7 +47,9 @@ pub struct ClientSecret {
     /// The minted token.
     pub ephemeral_token: EphemeralToken,
     /// Expiry as Orga gave it (Unix seconds or a timestamp string), passed through.
-    #[serde(default)]
+    /// An expiry in any other shape is dropped rather than failing the request: the
+    /// contract lets the answer carry extra fields, and the token itself is fine.
+    #[serde(default, deserialize_with = "lenient_expiry")]
     pub expires_at: Option<Expiry>,
 }
 
@@ -62,6 +64,21 @@ impl ClientSecret {
         }
         Ok(())
     }
+}
+
+fn lenient_expiry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Expiry>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+            .map(Expiry::Unix),
+        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 64 => Some(Expiry::Text(s)),
+        _ => None,
+    })
 }
 
 /// An expiry in whichever of the two usual shapes upstream used.
@@ -166,6 +183,33 @@ mod tests {
         let json = serde_json::to_value(&credentials).unwrap();
         assert_eq!(json["ephemeralToken"], "ek_canary");
         assert_eq!(json["iceServers"][0]["credential"], "turn_canary");
+    }
+
+    #[test]
+    fn an_expiry_in_an_unexpected_shape_is_dropped_not_fatal() {
+        let parse = |json: &str| {
+            serde_json::from_str::<ClientSecret>(json)
+                .unwrap()
+                .expires_at
+        };
+        assert_eq!(
+            parse(r#"{"ephemeral_token":"t","expires_at":1700000000}"#),
+            Some(Expiry::Unix(1700000000))
+        );
+        assert_eq!(
+            parse(r#"{"ephemeral_token":"t","expires_at":1700000000.5}"#),
+            Some(Expiry::Unix(1700000000))
+        );
+        assert_eq!(
+            parse(r#"{"ephemeral_token":"t","expires_at":"2026-11-21T10:00:00Z"}"#),
+            Some(Expiry::Text("2026-11-21T10:00:00Z".into()))
+        );
+        assert_eq!(
+            parse(r#"{"ephemeral_token":"t","expires_at":{"at":1}}"#),
+            None
+        );
+        assert_eq!(parse(r#"{"ephemeral_token":"t","expires_at":null}"#), None);
+        assert_eq!(parse(r#"{"ephemeral_token":"t"}"#), None);
     }
 
     #[test]
