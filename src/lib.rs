@@ -8,6 +8,7 @@
 //!   the credentials handler and the health probes.
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
+//! - [`metrics`]: the Prometheus recorder and the separate `/metrics` listener.
 //! - [`state`], [`telemetry`]: shared handles and logging.
 
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod orga;
 pub mod state;
 pub mod telemetry;
@@ -30,6 +32,7 @@ use tokio::net::TcpListener;
 
 /// Builds the application state and router from a validated configuration.
 pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
+    metrics::install();
     let orga = orga::OrgaClient::new(&config.orga)?;
     let origins =
         AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)?;
@@ -49,8 +52,28 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`run`], plus `/metrics` on `metrics_listener` (bound by the caller from
+/// `server.metrics_listen`, or on port 0 by tests). The metrics listener keeps
+/// answering while the public one drains, and stops when it is done.
+pub async fn run_with_metrics(
+    config: Arc<Config>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (router, state) = app(config.clone()).map_err(std::io::Error::other)?;
-    serve(router, state, listener, shutdown).await
+    let metrics_server = metrics_listener
+        .map(|listener| tokio::spawn(metrics::serve(listener, std::future::pending())));
+    let result = serve(router, state, listener, shutdown).await;
+    if let Some(task) = metrics_server {
+        // Stopped outright rather than drained: a scraper holding a keep-alive
+        // connection must not keep the process alive past the drain deadline.
+        task.abort();
+    }
+    result
 }
 
 /// Serves an already-built router (see [`app`]) with graceful drain.
