@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 /// mints its own token upstream.
 pub async fn credentials(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut timings = UpstreamTimings::default();
-    let result = state.orga.session_credentials(&mut timings).await;
+    // The request's deadline (server.request_timeout) bounds upstream retries too.
+    let deadline = std::time::Instant::now() + state.config.server.request_timeout;
+    let result = state.orga.session_credentials(deadline, &mut timings).await;
     let span = tracing::Span::current();
     span.record("upstream_secret_ms", millis(timings.client_secret));
     if !timings.ice_config.is_zero() {
@@ -40,6 +42,13 @@ fn log_upstream_error(error: &OrgaError) {
             kind = error.kind(),
             "Orga refused the configured API key or user email; check orga.api_key and orga.user_email"
         ),
+        // Logged once by the breaker when it opens, not once per refused request.
+        OrgaError::CircuitOpen { .. } => {
+            tracing::debug!(
+                kind = error.kind(),
+                "upstream circuit open: request refused"
+            )
+        }
         OrgaError::Timeout { .. } => {
             tracing::warn!(error = %error, kind = error.kind(), "Orga Cloud timed out")
         }

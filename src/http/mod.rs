@@ -4,6 +4,8 @@ pub mod cors;
 mod credentials;
 mod health;
 mod limits;
+mod observe;
+mod overload;
 pub mod request_id;
 
 use crate::error::ApiError;
@@ -23,11 +25,17 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 
 /// Builds the public router. No side effects: the caller binds the listener.
 ///
-/// The stack reads outermost first: request id, sensitive headers, trace, CORS,
-/// limits and the request deadline; then the routes.
+/// The stack reads outermost first: metrics, request id, sensitive headers, trace,
+/// CORS, limits and the request deadline; then the routes. The credentials route sheds
+/// load past `server.concurrency_limit`; the probes never do.
 pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
-    let credentials = get(credentials::credentials).post(credentials::credentials);
+    let shed = overload::ConcurrencyLimit::new(state.config.server.concurrency_limit);
+    let credentials = get(credentials::credentials)
+        .post(credentials::credentials)
+        .layer(from_fn_with_state(shed, overload::shed));
+    let credentials_path: Arc<str> = Arc::from(state.config.server.credentials_path.as_str());
     let stack = ServiceBuilder::new()
+        .layer(from_fn_with_state(credentials_path, observe::observe))
         .layer(from_fn(request_id::request_id))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
