@@ -148,8 +148,11 @@ async fn serve(config: Config) -> ExitCode {
         Ok(both) => both,
         Err(code) => return code,
     };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| config.server.listen.clone(), |a| a.to_string());
     tracing::info!(
-        listen = %local_addr(&listener),
+        listen = %addr,
         metrics_listen = %metrics.as_ref().map_or_else(|| "off".into(), local_addr),
         credentials_path = %config.server.credentials_path,
         orga_base_url = %config.orga.base_url,
@@ -209,14 +212,13 @@ async fn dev(mut config: Config) -> ExitCode {
         Err(code) => return code,
     };
     let banner = "DEV MODE: credentials come from an embedded FAKE Orga Cloud and will not open real calls; never expose this";
-    tracing::warn!(
-        listen = %config.server.listen,
-        credentials_path = %config.server.credentials_path,
-        "{banner}"
-    );
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| config.server.listen.clone(), |a| a.to_string());
+    tracing::warn!(listen = %addr, credentials_path = %config.server.credentials_path, "{banner}");
     eprintln!(
-        "\n  *** {banner} ***\n  credentials: http://{}{}\n",
-        config.server.listen, config.server.credentials_path
+        "\n  *** {banner} ***\n  credentials: http://{addr}{}\n",
+        config.server.credentials_path
     );
     finish(crate::run_with_metrics(Arc::new(config), listener, metrics, shutdown_signal()).await)
 }

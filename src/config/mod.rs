@@ -156,3 +156,40 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCUMENTED: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/orga-proxy.toml"
+    ));
+
+    fn keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let path = format!("{prefix}{key}");
+            match value {
+                toml::Value::Table(inner) => keys(inner, &format!("{path}."), out),
+                _ => out.push(path),
+            }
+        }
+    }
+
+    #[test]
+    fn the_documented_config_file_lists_every_key_with_its_default() {
+        let documented: toml::Table =
+            toml::from_str(DOCUMENTED).expect("config/orga-proxy.toml parses");
+        let defaults: toml::Table = toml::from_str(&Config::default().to_redacted_toml()).unwrap();
+        let (mut documented_keys, mut default_keys) = (Vec::new(), Vec::new());
+        keys(&documented, "", &mut documented_keys);
+        keys(&defaults, "", &mut default_keys);
+        documented_keys.sort();
+        default_keys.sort();
+        assert_eq!(
+            documented_keys, default_keys,
+            "every key documented, no stale key"
+        );
+        assert_eq!(documented, defaults, "each documented value is the default");
+    }
+}

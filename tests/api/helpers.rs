@@ -1,0 +1,129 @@
+//! Spawning the app and its fakes for the end-to-end tests.
+
+use orga_proxy::config::{Config, Secret};
+use orga_proxy::orga::mock::{self, MockOptions};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The API key the test config uses; tests grep logs for it.
+pub const TEST_API_KEY: &str = "sk_orga_ai_test_key_do_not_log";
+/// An email that needs encoding (`+` and `@`), as the Node SDK would encode it.
+pub const TEST_EMAIL: &str = "dev+team@example.com";
+
+/// A running proxy.
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A client that follows no redirects and uses no proxy.
+    pub client: reqwest::Client,
+    /// The credentials path configured.
+    pub credentials_path: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    /// The server task; resolves when `run` returns.
+    pub handle: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestApp {
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `GET` the credentials route.
+    pub async fn get_credentials(&self) -> reqwest::Response {
+        self.client
+            .get(self.url(&self.credentials_path))
+            .send()
+            .await
+            .expect("proxy answers")
+    }
+
+    /// Sends the shutdown signal (as SIGTERM would).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// A test client: no proxy, no redirects, a timeout so a broken test cannot hang.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// A configuration for tests, pointed at `base_url`.
+pub fn test_config(base_url: &str) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.orga.base_url = base_url.into();
+    config.orga.api_key = Secret::new(TEST_API_KEY);
+    config.orga.user_email = TEST_EMAIL.into();
+    config
+}
+
+/// Starts the fake Orga Cloud in this process; returns its base URL.
+pub async fn spawn_mock_upstream(options: MockOptions) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, mock::router(options)).await;
+    });
+    format!("http://{addr}")
+}
+
+/// The proxy against the embedded fake Orga Cloud, with default test config.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// The proxy against the embedded fake Orga Cloud, with the config adjusted by `customize`.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
+    let upstream = spawn_mock_upstream(MockOptions::default()).await;
+    spawn_app_against(&upstream, customize).await
+}
+
+/// The proxy against any upstream (a wiremock server, a closed port...).
+pub async fn spawn_app_against(base_url: &str, customize: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config(base_url);
+    customize(&mut config);
+    let credentials_path = config.server.credentials_path.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(orga_proxy::run(config.into(), listener, async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        client: client(),
+        credentials_path,
+        shutdown: Some(tx),
+        handle,
+    }
+}
+
+/// The `error.code` of a JSON error response, asserting the body has the contract's shape.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.expect("error body is JSON");
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(error["type"].is_string(), "{body}");
+    error["code"].as_str().expect("error.code").to_owned()
+}

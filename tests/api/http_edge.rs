@@ -1,0 +1,127 @@
+//! The rest of the HTTP edge: probes, JSON 404/405, request ids, request limits.
+
+use crate::helpers::*;
+use orga_proxy::orga::mock::MockOptions;
+use serde_json::Value;
+use std::time::Duration;
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_200() {
+    let app = spawn_app().await;
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        serde_json::json!({"status": "ok"})
+    );
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn on_shutdown_in_flight_requests_finish_and_run_returns() {
+    let upstream = spawn_mock_upstream(MockOptions {
+        latency: Duration::from_millis(400),
+        ..MockOptions::default()
+    })
+    .await;
+    let mut app = spawn_app_against(&upstream, |_| {}).await;
+    let in_flight = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url(&app.credentials_path));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    app.begin_shutdown();
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        200,
+        "the in-flight request finished"
+    );
+    tokio::time::timeout(Duration::from_secs(10), &mut app.handle)
+        .await
+        .expect("run returns after the drain")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unknown_paths_are_json_404() {
+    let app = spawn_app().await;
+    let response = app.client.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(error_code(response).await, "not_found");
+}
+
+#[tokio::test]
+async fn wrong_methods_are_json_405_with_allow() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .delete(app.url(&app.credentials_path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert!(
+        response.headers()["allow"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert_eq!(error_code(response).await, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn a_sane_request_id_is_kept_and_a_hostile_one_replaced() {
+    let app = spawn_app().await;
+    let kept = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "abc-123");
+    let hostile = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "x\"}{\"level\":\"ERROR\"")
+        .send()
+        .await
+        .unwrap();
+    let replaced = hostile.headers()["x-request-id"].to_str().unwrap();
+    assert!(!replaced.contains('"') && !replaced.is_empty());
+    let generated = app.client.get(app.url("/nope")).send().await.unwrap();
+    assert!(
+        generated.headers().contains_key("x-request-id"),
+        "errors carry one too"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .post(app.url(&app.credentials_path))
+        .body(vec![b'x'; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(error_code(response).await, "payload_too_large");
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(app.url(&app.credentials_path))
+        .header("x-filler", "y".repeat(20 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    assert_eq!(error_code(response).await, "headers_too_large");
+}

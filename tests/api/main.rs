@@ -1,0 +1,10 @@
+//! End-to-end tests: the real server on 127.0.0.1:0 against a fake Orga Cloud (the
+//! embedded one, or wiremock where a test needs to script the upstream).
+
+mod cli;
+mod cors;
+mod credentials;
+mod helpers;
+mod http_edge;
+mod mock_upstream;
+mod upstream_errors;
