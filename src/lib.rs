@@ -92,6 +92,11 @@ pub async fn serve(
         tracing::info!(deadline = ?deadline, "shutdown requested: draining in-flight requests");
         let _ = draining_tx.send(true);
     };
+    let (cut_tx, cutoff) = http::drain::cutoff();
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        cutoff,
+        http::drain::cut_at_deadline,
+    ));
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, service).with_graceful_shutdown(signal);
     let hard_stop = async move {
@@ -104,7 +109,8 @@ pub async fn serve(
     tokio::select! {
         result = server => result?,
         () = hard_stop => {
-            tracing::warn!(deadline = ?deadline, "drain deadline passed: dropping the requests still open");
+            tracing::warn!(deadline = ?deadline, "drain deadline passed: ending the requests still open");
+            let _ = cut_tx.send(true);
         }
     }
     tracing::info!("stopped");

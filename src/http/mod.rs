@@ -2,6 +2,7 @@
 
 pub mod cors;
 mod credentials;
+pub mod drain;
 mod health;
 mod limits;
 mod observe;

@@ -359,6 +359,43 @@ fn encode_uri_component(value: &str) -> String {
 mod tests {
     use super::*;
 
+    fn transport(never_sent: bool) -> OrgaError {
+        OrgaError::Transport {
+            call: Call::ClientSecret,
+            reason: String::new(),
+            never_sent,
+        }
+    }
+
+    #[test]
+    fn client_secrets_is_retried_only_when_the_request_never_left() {
+        assert!(retryable(Call::ClientSecret, &transport(true)));
+        assert!(!retryable(Call::ClientSecret, &transport(false)));
+        let status = OrgaError::Status {
+            call: Call::ClientSecret,
+            status: 503,
+        };
+        assert!(!retryable(Call::ClientSecret, &status));
+    }
+
+    #[test]
+    fn ice_config_is_retried_on_connection_errors_and_5xx_only() {
+        let status = |status| OrgaError::Status {
+            call: Call::IceConfig,
+            status,
+        };
+        assert!(retryable(Call::IceConfig, &transport(false)));
+        assert!(retryable(Call::IceConfig, &status(502)));
+        assert!(!retryable(Call::IceConfig, &status(401)));
+        let timeout = OrgaError::Timeout {
+            call: Call::IceConfig,
+        };
+        assert!(
+            !retryable(Call::IceConfig, &timeout),
+            "a timeout has used the time"
+        );
+    }
+
     #[test]
     fn email_is_encoded_like_encode_uri_component() {
         assert_eq!(

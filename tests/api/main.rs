@@ -4,7 +4,11 @@
 mod cli;
 mod cors;
 mod credentials;
+mod drain;
+mod gated_upstream;
 mod helpers;
 mod http_edge;
+mod metrics;
 mod mock_upstream;
+mod resilience;
 mod upstream_errors;
