@@ -30,6 +30,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// After the drain deadline, how long the requests cut short get to send their 503.
+const CUT_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Builds the application state and router from a validated configuration.
 pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
     metrics::install();
@@ -46,7 +49,7 @@ pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
 
 /// Serves the proxy on `listener` until `shutdown` resolves, then drains: readiness
 /// turns 503, the listener closes, in-flight requests finish, and after
-/// `server.shutdown_timeout` whatever is left is dropped.
+/// `server.shutdown_timeout` the requests still open are answered 503 and `run` returns.
 pub async fn run(
     config: Arc<Config>,
     listener: TcpListener,
@@ -111,6 +114,9 @@ pub async fn serve(
         () = hard_stop => {
             tracing::warn!(deadline = ?deadline, "drain deadline passed: ending the requests still open");
             let _ = cut_tx.send(true);
+            // A moment for those 503s to be written before the caller (often `main`)
+            // tears the runtime down.
+            tokio::time::sleep(CUT_FLUSH_GRACE).await;
         }
     }
     tracing::info!("stopped");
