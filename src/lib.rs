@@ -6,6 +6,7 @@
 //! - [`config`]: the typed configuration, its layers and validation; [`config::Secret`].
 //! - [`http`]: the router and its middleware stack (request id, trace, CORS, limits),
 //!   the credentials handler and the health probes.
+//! - [`auth`]: who may call the credentials route (none, API keys, JWT with a JWKS cache).
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
 //! - [`metrics`]: the Prometheus recorder and the separate `/metrics` listener.
@@ -13,12 +14,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod orga;
+pub mod pool;
 pub mod state;
 pub mod telemetry;
 
@@ -33,16 +36,37 @@ use tokio::net::TcpListener;
 /// After the drain deadline, how long the requests cut short get to send their 503.
 const CUT_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Builds the application state and router from a validated configuration.
+/// Builds the application state and router from a validated configuration. Starts
+/// background tasks (the pool's refill), so call it inside a Tokio runtime.
 pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
     metrics::install();
     let orga = orga::OrgaClient::new(&config.orga)?;
     let origins =
         AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)?;
+    let pool = config.pool.enabled.then(|| {
+        let client = orga.clone();
+        // A refill has no caller waiting; it gets the same deadline a request would.
+        let request_timeout = config.server.request_timeout;
+        let mint: pool::Mint = Arc::new(move || {
+            let client = client.clone();
+            let deadline = std::time::Instant::now() + request_timeout;
+            Box::pin(async move {
+                client
+                    .session_credentials(deadline, &mut Default::default())
+                    .await
+            })
+        });
+        pool::CredentialPool::start(&config.pool, mint)
+    });
+    let readiness = Arc::new(Readiness::default());
+    let authenticator =
+        auth::Authenticator::new(&config.auth, &readiness, Arc::new(auth::SystemClock))?;
     let state = AppState {
         config,
         orga,
-        readiness: Arc::new(Readiness::default()),
+        readiness,
+        authenticator,
+        pool,
     };
     Ok((http::router(state.clone(), Arc::new(origins)), state))
 }

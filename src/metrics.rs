@@ -44,6 +44,12 @@ pub const CIRCUIT_STATE: &str = "orga_proxy_upstream_circuit_state";
 pub const CIRCUIT_OPENED: &str = "orga_proxy_upstream_circuit_opened_total";
 /// Credentials requests answered 503 by the open circuit without calling Orga.
 pub const CIRCUIT_REJECTED: &str = "orga_proxy_upstream_circuit_rejected_total";
+/// Prefetch pool (`[pool]`, see `crate::pool`): credentials served from the pool.
+pub const POOL_HITS: &str = "orga_proxy_pool_hits_total";
+/// Prefetch pool: requests that found it empty and minted live.
+pub const POOL_MISSES: &str = "orga_proxy_pool_misses_total";
+/// Prefetch pool: credentials discarded unused at `pool.max_age`.
+pub const POOL_DISCARDS: &str = "orga_proxy_pool_discards_total";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "orga_proxy_build_info";
 
@@ -118,6 +124,15 @@ fn describe() {
     describe_counter!(
         CIRCUIT_REJECTED,
         "Credentials requests refused by the open circuit without calling Orga."
+    );
+    describe_counter!(POOL_HITS, "Credentials served from the prefetch pool.");
+    describe_counter!(
+        POOL_MISSES,
+        "Requests that found the prefetch pool empty and minted live."
+    );
+    describe_counter!(
+        POOL_DISCARDS,
+        "Prefetched credentials discarded unused at pool.max_age."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 

@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::orga::OrgaClient;
+use crate::pool::CredentialPool;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -14,6 +15,10 @@ pub struct AppState {
     pub orga: OrgaClient,
     /// Whether the process should receive new traffic.
     pub readiness: Arc<Readiness>,
+    /// Credentials minted ahead of demand, when `pool.enabled`.
+    pub pool: Option<CredentialPool>,
+    /// Checks callers of the credentials route (`auth.mode`).
+    pub authenticator: crate::auth::Authenticator,
 }
 
 /// What `/readyz` reports: not ready while draining, or while any registered

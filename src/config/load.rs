@@ -20,7 +20,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("ORGA_BASE_URL", "orga.base_url"),
 ];
 /// Keys whose values must not appear even in an error message.
-const SECRET_KEYS: &[&str] = &["orga.api_key"];
+const SECRET_KEYS: &[&str] = &["orga.api_key", "auth.api_keys", "auth.jwt.secret"];
 
 /// Where the configuration came from, for logs and `check-config`.
 #[derive(Debug, Clone)]

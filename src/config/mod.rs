@@ -2,7 +2,7 @@
 //! variables (see [`load`]), validated once at start-up (see [`validate`]).
 
 mod load;
-mod parse;
+pub(crate) mod parse;
 mod secret;
 mod validate;
 
@@ -25,8 +25,12 @@ pub struct Config {
     pub orga: OrgaConfig,
     /// Which browser origins may read the credentials.
     pub cors: CorsConfig,
+    /// Who may call the credentials route.
+    pub auth: crate::auth::AuthConfig,
     /// Log output.
     pub log: LogConfig,
+    /// The opt-in prefetch pool.
+    pub pool: PoolConfig,
 }
 
 /// `[server]`: the public listener.
@@ -64,7 +68,7 @@ impl Default for ServerConfig {
             credentials_path: "/api/orga/credentials".into(),
             request_timeout: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(8),
-            concurrency_limit: 256,
+            concurrency_limit: 1024,
         }
     }
 }
@@ -118,6 +122,34 @@ pub struct CorsConfig {
     /// Send `Access-Control-Allow-Credentials: true` so browsers may attach cookies.
     /// Refused together with the `"*"` wildcard.
     pub allow_credentials: bool,
+}
+
+/// `[pool]`: credentials minted ahead of demand (off by default). Each is handed out
+/// once; the cost is tokens minted and never used (see the README).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Turn the pool on.
+    pub enabled: bool,
+    /// How many credentials to keep ready.
+    pub size: usize,
+    /// Credentials older than this are discarded, never handed out; keep it well under
+    /// the token lifetime so a client has time to open its call.
+    #[serde(with = "parse::duration")]
+    pub max_age: Duration,
+    /// Upstream mints the refill task runs at once, at most.
+    pub refill_concurrency: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            size: 8,
+            max_age: Duration::from_secs(30),
+            refill_concurrency: 2,
+        }
+    }
 }
 
 /// `[log]`: log output.

@@ -78,6 +78,16 @@ pub(super) fn validate(config: &Config, dev: bool) -> Vec<String> {
         AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)
             .map(|_| ()),
     );
+    let pool = &config.pool;
+    check("pool.size", within(pool.size, 1, 10_000));
+    check(
+        "pool.refill_concurrency",
+        within(pool.refill_concurrency, 1, 64),
+    );
+    check("pool.max_age", positive(pool.max_age));
+    for (key, message) in crate::auth::config::validate(&config.auth) {
+        check(key, Err(message));
+    }
     check(
         "log.level",
         tracing_subscriber::EnvFilter::try_new(&config.log.level)
@@ -124,6 +134,14 @@ fn positive(value: Duration) -> Result<(), String> {
         Err("must be longer than zero".into())
     } else {
         Ok(())
+    }
+}
+
+fn within(value: usize, min: usize, max: usize) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{value} is outside {min}..={max}"))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The credentials route: a fresh ephemeral token and its ICE servers on every call.
 
 use crate::error::ApiError;
-use crate::orga::{OrgaError, UpstreamTimings};
+use crate::orga::{OrgaError, SessionCredentials, UpstreamTimings};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -11,6 +11,10 @@ use axum::response::{IntoResponse, Response};
 /// `GET` / `POST {server.credentials_path}`. Never cached, never shared: each call
 /// mints its own token upstream.
 pub async fn credentials(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if let Some(credentials) = state.pool.as_ref().and_then(|pool| pool.take()) {
+        tracing::Span::current().record("pool", "hit");
+        return Ok(respond(credentials));
+    }
     let mut timings = UpstreamTimings::default();
     // The request's deadline (server.request_timeout) bounds upstream retries too.
     let deadline = std::time::Instant::now() + state.config.server.request_timeout;
@@ -21,18 +25,20 @@ pub async fn credentials(State(state): State<AppState>) -> Result<Response, ApiE
         span.record("upstream_ice_ms", millis(timings.ice_config));
     }
     match result {
-        Ok(credentials) => {
-            let mut response = Json(credentials).into_response();
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok(response)
-        }
+        Ok(credentials) => Ok(respond(credentials)),
         Err(error) => {
             log_upstream_error(&error);
             Err(ApiError::from(&error))
         }
     }
+}
+
+fn respond(credentials: SessionCredentials) -> Response {
+    let mut response = Json(credentials).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn log_upstream_error(error: &OrgaError) {

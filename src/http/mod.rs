@@ -27,13 +27,19 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 /// Builds the public router. No side effects: the caller binds the listener.
 ///
 /// The stack reads outermost first: metrics, request id, sensitive headers, trace,
-/// CORS, limits and the request deadline; then the routes. The credentials route sheds
-/// load past `server.concurrency_limit`; the probes never do.
+/// CORS, limits and the request deadline; then the routes, the credentials route behind
+/// auth (health, readiness and CORS preflights never reach it) and, inside auth, the
+/// load shedding past `server.concurrency_limit` (so refused callers hold no slot, and
+/// the probes are never shed).
 pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
     let shed = overload::ConcurrencyLimit::new(state.config.server.concurrency_limit);
     let credentials = get(credentials::credentials)
         .post(credentials::credentials)
-        .layer(from_fn_with_state(shed, overload::shed));
+        .route_layer(from_fn_with_state(shed, overload::shed))
+        .route_layer(from_fn_with_state(
+            state.authenticator.clone(),
+            crate::auth::require,
+        ));
     let credentials_path: Arc<str> = Arc::from(state.config.server.credentials_path.as_str());
     let stack = ServiceBuilder::new()
         .layer(from_fn_with_state(credentials_path, observe::observe))
@@ -77,6 +83,7 @@ fn make_span<B>(request: &Request<B>) -> Span {
         path = %request.uri().path(),
         request_id,
         subject = Empty,
+        pool = Empty,
         upstream_secret_ms = Empty,
         upstream_ice_ms = Empty,
     )

@@ -13,7 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_orga-proxy");
 
 /// The binary with a clean environment: no inherited ORGA_* or PORT, and a working
 /// directory without a config/orga-proxy.toml.
-fn command(args: &[&str]) -> Command {
+pub(crate) fn command(args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command
         .args(args)
@@ -27,7 +27,7 @@ fn command(args: &[&str]) -> Command {
     command
 }
 
-fn run(mut command: impl std::borrow::BorrowMut<Command>) -> Output {
+pub(crate) fn run(mut command: impl std::borrow::BorrowMut<Command>) -> Output {
     let command = command.borrow_mut();
     command.stdin(Stdio::null()).output().expect("binary runs")
 }
@@ -195,14 +195,14 @@ fn help_and_version_describe_the_binary() {
 }
 
 /// The binary running `serve`, with its stdout and stderr collected.
-struct Proxy {
+pub(crate) struct Proxy {
     child: Child,
     output: Arc<Mutex<String>>,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Proxy {
-    fn start(command: &mut Command) -> Proxy {
+    pub(crate) fn start(command: &mut Command) -> Proxy {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -240,7 +240,7 @@ impl Proxy {
     }
 
     /// Sends SIGTERM and returns the exit status and everything it printed.
-    fn stop(mut self) -> (Option<i32>, String) {
+    pub(crate) fn stop(mut self) -> (Option<i32>, String) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

@@ -1,6 +1,8 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 against a fake Orga Cloud (the
 //! embedded one, or wiremock where a test needs to script the upstream).
 
+mod auth;
+mod browser;
 mod cli;
 mod cors;
 mod credentials;
@@ -10,5 +12,6 @@ mod helpers;
 mod http_edge;
 mod metrics;
 mod mock_upstream;
+mod pool;
 mod resilience;
 mod upstream_errors;

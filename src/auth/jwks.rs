@@ -1,0 +1,362 @@
+//! The JWKS cache: the identity provider's public keys by `kid`, loaded at start-up,
+//! refreshed on an interval and when an unknown `kid` arrives. Refreshes are
+//! single-flight, and those caused by unknown `kid`s have a cooldown, so a flood of
+//! made-up `kid`s costs the identity provider at most one request per cooldown.
+//! A failed refresh keeps the cached keys; with no keys at all nothing is accepted.
+
+use super::Clock;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use reqwest::redirect;
+use serde::Deserialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+/// Deadline of one JWKS fetch, connecting included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest JWKS document read; real ones are a few KiB.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Most keys kept from one document.
+const MAX_KEYS: usize = 64;
+/// First retry delay while no keys are loaded; doubles up to `min_refresh`.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// A public key and the algorithms it may verify (its `alg`, else those its type
+/// allows, always within the pinned list).
+pub(super) struct VerifyingKey {
+    kid: Option<String>,
+    algorithms: Vec<Algorithm>,
+    /// The key, for `jsonwebtoken::decode`.
+    pub key: DecodingKey,
+}
+
+/// What a lookup found.
+pub(super) enum Lookup {
+    Found(Arc<VerifyingKey>),
+    /// The `kid` exists but its key may not verify this algorithm.
+    WrongAlgorithm,
+    /// No key for this `kid` (or, without a `kid`, not exactly one key for the algorithm).
+    Missing,
+    /// No keys loaded at all.
+    Empty,
+}
+
+/// Where the keys come from and the cached set.
+pub(super) struct Jwks {
+    url: reqwest::Url,
+    http: reqwest::Client,
+    pinned: Vec<Algorithm>,
+    keys: RwLock<Arc<Vec<Arc<VerifyingKey>>>>,
+    /// Held for the whole of a fetch (single flight); holds when the last fetch
+    /// caused by an unknown `kid` started.
+    refresh: tokio::sync::Mutex<Option<SystemTime>>,
+    /// The readiness flag: true once keys are loaded.
+    ready: Arc<AtomicBool>,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    min_refresh: Duration,
+    fetches: AtomicU64,
+}
+
+impl Jwks {
+    /// Builds the cache (empty) and starts its refresh task on the current Tokio runtime.
+    pub fn start(
+        url: &str,
+        pinned: Vec<Algorithm>,
+        interval: Duration,
+        min_refresh: Duration,
+        ready: Arc<AtomicBool>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("auth.jwt.jwks_url: {e}"))?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("orga-proxy/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(FETCH_TIMEOUT)
+            .timeout(FETCH_TIMEOUT)
+            .build()
+            .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "the JWKS refresher needs a Tokio runtime".to_string())?;
+        let jwks = Arc::new(Self {
+            url,
+            http,
+            pinned,
+            keys: RwLock::default(),
+            refresh: tokio::sync::Mutex::new(None),
+            ready,
+            clock,
+            interval,
+            min_refresh,
+            fetches: AtomicU64::new(0),
+        });
+        runtime.spawn(refresher(Arc::downgrade(&jwks)));
+        Ok(jwks)
+    }
+
+    /// How many fetches were attempted (for tests and diagnostics).
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::SeqCst)
+    }
+
+    /// The key for a token's `kid` and `alg`, refreshing once (single flight, with
+    /// cooldown) when the `kid` is unknown or nothing is loaded yet.
+    pub async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Lookup {
+        match self.lookup(kid, alg) {
+            Lookup::Missing | Lookup::Empty => {}
+            found => return found,
+        }
+        {
+            let mut last = self.refresh.lock().await;
+            // Whoever held the lock may have fetched the key already.
+            match self.lookup(kid, alg) {
+                Lookup::Missing | Lookup::Empty => {}
+                found => return found,
+            }
+            let now = self.clock.now();
+            let cooling = last.is_some_and(|at| {
+                now.duration_since(at)
+                    .is_ok_and(|since| since < self.min_refresh)
+            });
+            if cooling {
+                return self.lookup(kid, alg);
+            }
+            *last = Some(now);
+            let _ = self.fetch_and_store("unknown kid").await;
+        }
+        self.lookup(kid, alg)
+    }
+
+    fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Lookup {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if keys.is_empty() {
+            return Lookup::Empty;
+        }
+        match kid {
+            Some(kid) => match keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
+                Some(key) if key.algorithms.contains(&alg) => Lookup::Found(key.clone()),
+                Some(_) => Lookup::WrongAlgorithm,
+                None => Lookup::Missing,
+            },
+            None => {
+                let mut candidates = keys.iter().filter(|k| k.algorithms.contains(&alg));
+                match (candidates.next(), candidates.next()) {
+                    (Some(key), None) => Lookup::Found(key.clone()),
+                    _ => Lookup::Missing,
+                }
+            }
+        }
+    }
+
+    /// Fetches the document and, when it holds usable keys, replaces the cache.
+    async fn fetch_and_store(&self, why: &'static str) -> Result<(), ()> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        let cached = self.keys.read().unwrap_or_else(|p| p.into_inner()).len();
+        let result = match self.fetch().await {
+            Ok(body) => parse(&body, &self.pinned),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(keys) => {
+                tracing::info!(url = %self.url, keys = keys.len(), reason = why, "JWKS loaded");
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                self.ready.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(error) if cached > 0 => {
+                tracing::warn!(url = %self.url, %error, cached, reason = why, "JWKS refresh failed; the cached keys stay in use");
+                Err(())
+            }
+            Err(error) => {
+                tracing::error!(url = %self.url, %error, reason = why, "JWKS not loaded: every token is refused until it is");
+                Err(())
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<Vec<u8>, String> {
+        let mut response = self
+            .http
+            .get(self.url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    format!("no answer within {FETCH_TIMEOUT:?}")
+                } else {
+                    format!("request failed: {}", e.without_url())
+                }
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("answered HTTP {status}"));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("reading the answer failed: {}", e.without_url()))?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(format!("answer larger than {MAX_JWKS_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+/// Loads at start, then refreshes every `interval`; while no keys are loaded it retries
+/// sooner (1 s, doubling up to `min_refresh`). Ends when the cache is dropped.
+async fn refresher(jwks: Weak<Jwks>) {
+    let mut retry = FIRST_RETRY;
+    loop {
+        let Some(cache) = jwks.upgrade() else { return };
+        let outcome = {
+            let _single_flight = cache.refresh.lock().await;
+            cache.fetch_and_store("scheduled").await
+        };
+        let delay = match outcome {
+            Ok(()) => {
+                retry = FIRST_RETRY;
+                cache.interval
+            }
+            Err(()) => {
+                let delay = retry;
+                retry = (retry * 2).min(cache.min_refresh);
+                delay.min(cache.interval)
+            }
+        };
+        drop(cache);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+#[derive(Deserialize)]
+struct Document {
+    keys: Vec<serde_json::Value>,
+}
+
+/// The usable signing keys of a JWKS document; an error when there are none. Keys of
+/// other types, for encryption, or for algorithms not pinned are skipped, never fatal:
+/// providers publish such keys alongside the ones that matter.
+fn parse(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<Arc<VerifyingKey>>, String> {
+    let document: Document =
+        serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = Vec::new();
+    for value in document.keys.into_iter().take(MAX_KEYS) {
+        if let Some(key) = verifying_key(value, pinned) {
+            keys.push(Arc::new(key));
+        }
+    }
+    if keys.is_empty() {
+        return Err(format!(
+            "no usable signing key (accepted algorithms: {})",
+            names(pinned)
+        ));
+    }
+    Ok(keys)
+}
+
+fn verifying_key(value: serde_json::Value, pinned: &[Algorithm]) -> Option<VerifyingKey> {
+    let text = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    if text("use").is_some_and(|u| u != "sig") {
+        return None;
+    }
+    let declared = match text("alg") {
+        Some(alg) => Some(alg.parse::<Algorithm>().ok()?),
+        None => None,
+    };
+    let kid = text("kid");
+    let jwk: Jwk = serde_json::from_value(value).ok()?;
+    let by_type: &[Algorithm] = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => &[
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => &[Algorithm::ES256],
+            EllipticCurve::P384 => &[Algorithm::ES384],
+            _ => &[],
+        },
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            &[Algorithm::EdDSA]
+        }
+        // Symmetric keys never come from a JWKS: that would let anyone who can read the
+        // document sign tokens.
+        _ => &[],
+    };
+    let algorithms: Vec<Algorithm> = by_type
+        .iter()
+        .copied()
+        .filter(|alg| pinned.contains(alg) && declared.is_none_or(|d| d == *alg))
+        .collect();
+    if algorithms.is_empty() {
+        return None;
+    }
+    let key = DecodingKey::from_jwk(&jwk).ok()?;
+    Some(VerifyingKey {
+        kid,
+        algorithms,
+        key,
+    })
+}
+
+pub(super) fn names(algorithms: &[Algorithm]) -> String {
+    algorithms
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const PINNED: &[Algorithm] = &[Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+
+    fn rsa(kid: &str) -> serde_json::Value {
+        // A syntactically valid modulus; these tests never verify a signature.
+        json!({"kty": "RSA", "kid": kid, "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"})
+    }
+
+    #[test]
+    fn signing_keys_are_kept_and_the_rest_skipped() {
+        let body = json!({"keys": [
+            rsa("sig-key"),
+            {"kty": "oct", "kid": "symmetric", "k": "c2VjcmV0"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
+            {"kty": "XYZ", "kid": "future"},
+            {"kty": "RSA", "kid": "hs-labelled", "alg": "HS256", "n": "AQAB", "e": "AQAB"},
+        ]});
+        let keys = parse(body.to_string().as_bytes(), PINNED).unwrap();
+        let kids: Vec<_> = keys.iter().map(|k| k.kid.as_deref()).collect();
+        assert_eq!(kids, [Some("sig-key")]);
+        assert_eq!(keys[0].algorithms, [Algorithm::RS256]);
+    }
+
+    #[test]
+    fn a_document_without_usable_keys_is_an_error() {
+        let body = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]});
+        assert!(parse(body.to_string().as_bytes(), PINNED).is_err());
+        assert!(parse(b"<html>", PINNED).is_err());
+    }
+
+    #[test]
+    fn a_declared_alg_narrows_what_the_key_verifies() {
+        let mut key = rsa("k");
+        key["alg"] = json!("RS256");
+        let pinned = [Algorithm::RS256, Algorithm::PS256];
+        let keys = parse(json!({"keys": [key]}).to_string().as_bytes(), &pinned).unwrap();
+        assert_eq!(keys[0].algorithms, [Algorithm::RS256]);
+    }
+}

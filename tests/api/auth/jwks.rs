@@ -1,0 +1,204 @@
+//! jwt mode with keys from a JWKS served by a local identity provider: RS256, ES256 and
+//! EdDSA, rotation, the refresh cooldown, and failing closed while nothing is loaded.
+
+use super::{
+    JwksServer, TestKey, assert_unauthorized, claims, ec_key, ed_key, get_with_bearer, rsa_key,
+    wait_until_ready,
+};
+use crate::helpers::{TestApp, error_code, spawn_app_with};
+use axum::http::HeaderMap;
+use orga_proxy::auth::{AuthConfig, AuthError, AuthMode, Authenticator, ManualClock};
+use orga_proxy::state::Readiness;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+async fn app_for(idp: &JwksServer) -> TestApp {
+    let url = idp.url.clone();
+    spawn_app_with(move |config| {
+        config.auth.mode = AuthMode::Jwt;
+        config.auth.jwt.jwks_url = url;
+    })
+    .await
+}
+
+async fn accepted(app: &TestApp, key: &TestKey, kid: &str) -> bool {
+    let response = get_with_bearer(app, &key.sign(kid, &claims("user"))).await;
+    response.status() == 200
+}
+
+#[tokio::test]
+async fn rs256_es256_and_eddsa_tokens_from_the_jwks_are_accepted() {
+    let (rsa, ec, ed) = (rsa_key(), ec_key(), ed_key());
+    let idp = JwksServer::start(vec![
+        rsa.jwk_with_kid("rsa"),
+        ec.jwk_with_kid("ec"),
+        ed.jwk_with_kid("ed"),
+    ])
+    .await;
+    let app = app_for(&idp).await;
+    wait_until_ready(&app).await;
+    assert!(accepted(&app, &rsa, "rsa").await, "RS256");
+    assert!(accepted(&app, &ec, "ec").await, "ES256");
+    assert!(accepted(&app, &ed, "ed").await, "EdDSA");
+}
+
+#[tokio::test]
+async fn a_token_signed_by_a_key_not_in_the_jwks_is_refused() {
+    let (published, other) = (ec_key(), ec_key());
+    let idp = JwksServer::start(vec![published.jwk_with_kid("k1")]).await;
+    let app = app_for(&idp).await;
+    wait_until_ready(&app).await;
+    // Same kid, another key: the signature cannot verify.
+    let message =
+        assert_unauthorized(get_with_bearer(&app, &other.sign("k1", &claims("u"))).await).await;
+    assert!(message.contains("signature"), "{message}");
+}
+
+#[tokio::test]
+async fn a_new_kid_after_key_rotation_is_accepted_without_restart() {
+    let (old, new) = (rsa_key(), ec_key());
+    let idp = JwksServer::start(vec![old.jwk_with_kid("2024")]).await;
+    let app = app_for(&idp).await;
+    wait_until_ready(&app).await;
+    assert!(accepted(&app, &old, "2024").await);
+
+    idp.publish(vec![new.jwk_with_kid("2025")]);
+    assert!(
+        accepted(&app, &new, "2025").await,
+        "the new kid triggers a refresh"
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_unknown_kids_cause_at_most_one_jwks_fetch() {
+    let key = ec_key();
+    let idp = JwksServer::start(vec![key.jwk_with_kid("real")]).await;
+    let app = Arc::new(app_for(&idp).await);
+    wait_until_ready(&app).await;
+    let before = idp.hits();
+
+    let requests = (0..50).map(|i| {
+        let app = app.clone();
+        let token = key.sign(&format!("made-up-{i}"), &claims("attacker"));
+        tokio::spawn(async move { get_with_bearer(&app, &token).await.status() })
+    });
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 401);
+    }
+    assert!(
+        idp.hits() - before <= 1,
+        "{} JWKS fetches for 50 unknown kids",
+        idp.hits() - before
+    );
+    assert!(
+        accepted(&app, &key, "real").await,
+        "known keys keep working"
+    );
+}
+
+#[tokio::test]
+async fn jwks_down_at_start_keeps_readiness_503_and_refuses_every_token() {
+    let key = ec_key();
+    let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
+    idp.set_failing(true);
+    let url = idp.url.clone();
+    let app = spawn_app_with(move |config| {
+        config.auth.mode = AuthMode::Jwt;
+        config.auth.jwt.jwks_url = url;
+        // Retries while nothing is loaded back off up to this period.
+        config.auth.jwt.jwks_min_refresh = Duration::from_secs(1);
+    })
+    .await;
+
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["reasons"], serde_json::json!(["jwks"]));
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Fail closed: a well-signed token is still refused while no key is loaded.
+    let response = get_with_bearer(&app, &key.sign("k", &claims("u"))).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(error_code(response).await, "unavailable");
+    // Without any token the answer is the ordinary 401.
+    assert_unauthorized(app.get_credentials().await).await;
+
+    // Once the provider answers, the proxy becomes ready on its own.
+    idp.set_failing(false);
+    wait_until_ready(&app).await;
+    assert!(accepted(&app, &key, "k").await);
+}
+
+#[tokio::test]
+async fn jwks_down_later_keeps_the_cached_keys_working() {
+    let key = rsa_key();
+    let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
+    let app = app_for(&idp).await;
+    wait_until_ready(&app).await;
+
+    idp.set_failing(true);
+    let before = idp.hits();
+    // An unknown kid forces a refresh, which fails.
+    let unknown = get_with_bearer(&app, &key.sign("unknown", &claims("u"))).await;
+    assert_unauthorized(unknown).await;
+    assert_eq!(idp.hits(), before + 1, "the refresh was attempted");
+
+    assert!(accepted(&app, &key, "k").await, "cached key still verifies");
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn after_the_cooldown_an_unknown_kid_may_fetch_again() {
+    let key = ec_key();
+    let idp = JwksServer::start(vec![key.jwk_with_kid("k1")]).await;
+    let mut config = AuthConfig {
+        mode: AuthMode::Jwt,
+        ..AuthConfig::default()
+    };
+    config.jwt.jwks_url = idp.url.clone();
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let readiness = Readiness::default();
+    let auth = Authenticator::new(&config, &readiness, clock.clone()).unwrap();
+    let check = |kid: &str| {
+        let mut headers = HeaderMap::new();
+        let token = key.sign(kid, &claims("u"));
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let auth = auth.clone();
+        async move { auth.authenticate(&headers, None).await }
+    };
+    for _ in 0..6000 {
+        if readiness.problems().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        readiness.problems().is_empty(),
+        "the start-up load never finished"
+    );
+    // Loaded at start-up; then one fetch for the first unknown kid.
+    assert!(check("k1").await.is_ok());
+    assert!(matches!(check("k2").await, Err(AuthError::Invalid(_))));
+    let after_first = auth.jwks_fetches().unwrap();
+
+    // Within the cooldown, the provider publishing k2 changes nothing yet.
+    idp.publish(vec![key.jwk_with_kid("k1"), key.jwk_with_kid("k2")]);
+    assert!(check("k2").await.is_err());
+    assert_eq!(auth.jwks_fetches().unwrap(), after_first);
+
+    clock.advance(Duration::from_secs(31));
+    assert!(
+        check("k2").await.is_ok(),
+        "past the 30 s cooldown it refreshes"
+    );
+    assert_eq!(auth.jwks_fetches().unwrap(), after_first + 1);
+}

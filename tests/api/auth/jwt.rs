@@ -1,0 +1,297 @@
+//! jwt mode with an HS256 shared secret: signature, algorithm pinning, and every claim
+//! check (tokens are minted relative to now, so nothing sleeps).
+
+use super::{
+    HS_SECRET, RSA_PUBLIC_PEM, assert_unauthorized, claims, get_with_bearer, hs256, now, raw_token,
+};
+use crate::helpers::{TestApp, spawn_app_with};
+use axum::Extension;
+use axum::body::Body;
+use axum::http::Request;
+use axum::middleware::from_fn_with_state;
+use axum::routing::get;
+use orga_proxy::auth::{AuthConfig, AuthMode, Authenticator, ManualClock, Subject};
+use orga_proxy::config::{Config, Secret};
+use orga_proxy::state::Readiness;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+use tower::ServiceExt;
+
+fn jwt_secret_config(config: &mut Config) {
+    config.auth.mode = AuthMode::Jwt;
+    config.auth.jwt.secret = Secret::new(HS_SECRET);
+}
+
+async fn app() -> TestApp {
+    spawn_app_with(jwt_secret_config).await
+}
+
+#[tokio::test]
+async fn a_valid_hs256_token_is_accepted_which_needs_the_crypto_backend() {
+    let app = app().await;
+    let response = get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &claims("user-1"))).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_token_signed_with_another_secret_is_refused() {
+    let app = app().await;
+    let token = hs256(b"another-secret-0123456789abcdefghijkl", &claims("user-1"));
+    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    assert!(message.contains("signature"), "{message}");
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused() {
+    let app = app().await;
+    let token = hs256(
+        HS_SECRET.as_bytes(),
+        &json!({"sub": "u", "exp": now() - 3600}),
+    );
+    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    assert!(message.contains("expired"), "{message}");
+}
+
+#[tokio::test]
+async fn a_token_expired_within_the_leeway_is_accepted() {
+    let app = app().await;
+    // Default leeway is 30 s; 10 s past exp is clock skew, not expiry.
+    let token = hs256(
+        HS_SECRET.as_bytes(),
+        &json!({"sub": "u", "exp": now() - 10}),
+    );
+    assert_eq!(get_with_bearer(&app, &token).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_token_not_valid_before_a_future_time_is_refused() {
+    let app = app().await;
+    let token = hs256(
+        HS_SECRET.as_bytes(),
+        &json!({"sub": "u", "exp": now() + 7200, "nbf": now() + 3600}),
+    );
+    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    assert!(message.contains("not valid yet"), "{message}");
+}
+
+#[tokio::test]
+async fn a_token_without_exp_is_refused() {
+    let app = app().await;
+    let token = hs256(HS_SECRET.as_bytes(), &json!({"sub": "u"}));
+    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    assert!(message.contains("`exp`"), "{message}");
+}
+
+#[tokio::test]
+async fn a_token_from_another_issuer_is_refused() {
+    let app = spawn_app_with(|config| {
+        jwt_secret_config(config);
+        config.auth.jwt.issuer = "https://idp.example.com/".into();
+    })
+    .await;
+    let mut wrong = claims("u");
+    wrong["iss"] = json!("https://evil.example.com/");
+    let message =
+        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &wrong)).await)
+            .await;
+    assert!(message.contains("issuer"), "{message}");
+
+    let mut right = claims("u");
+    right["iss"] = json!("https://idp.example.com/");
+    let response = get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &right)).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_token_for_another_audience_or_none_is_refused() {
+    let app = spawn_app_with(|config| {
+        jwt_secret_config(config);
+        config.auth.jwt.audience = "orga-proxy".into();
+    })
+    .await;
+    let mut wrong = claims("u");
+    wrong["aud"] = json!(["billing-api"]);
+    let message =
+        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &wrong)).await)
+            .await;
+    assert!(message.contains("audience"), "{message}");
+
+    let missing = claims("u");
+    let message =
+        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &missing)).await)
+            .await;
+    assert!(message.contains("`aud`"), "{message}");
+
+    let mut right = claims("u");
+    right["aud"] = json!(["billing-api", "orga-proxy"]);
+    let response = get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &right)).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn an_unsigned_alg_none_token_is_refused() {
+    let app = app().await;
+    let token = raw_token(&json!({"alg": "none", "typ": "JWT"}), &claims("u"), b"");
+    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    assert!(message.contains("none"), "{message}");
+}
+
+#[tokio::test]
+async fn a_token_signed_with_a_pinned_out_algorithm_is_refused() {
+    let app = app().await;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &claims("u"),
+        &jsonwebtoken::EncodingKey::from_secret(HS_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    assert!(message.contains("HS512"), "{message}");
+}
+
+#[tokio::test]
+async fn garbage_and_other_schemes_are_refused_with_a_reason() {
+    let app = app().await;
+    let message = assert_unauthorized(get_with_bearer(&app, "not-a-jwt").await).await;
+    assert!(message.contains("malformed"), "{message}");
+    let response = app
+        .client
+        .get(app.url(&app.credentials_path))
+        .basic_auth("user", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    let message = assert_unauthorized(response).await;
+    assert!(message.contains("Bearer"), "{message}");
+}
+
+#[tokio::test]
+async fn a_token_in_the_query_string_is_refused() {
+    let app = app().await;
+    let token = hs256(HS_SECRET.as_bytes(), &claims("u"));
+    let url = format!("{}?access_token={token}", app.url(&app.credentials_path));
+    let message = assert_unauthorized(app.client.get(url).send().await.unwrap()).await;
+    assert!(message.contains("query string"), "{message}");
+}
+
+#[tokio::test]
+async fn the_token_is_read_from_the_configured_cookie() {
+    let app = spawn_app_with(|config| {
+        jwt_secret_config(config);
+        config.auth.jwt.cookie = "orga_session".into();
+    })
+    .await;
+    let token = hs256(HS_SECRET.as_bytes(), &claims("u"));
+    let response = app
+        .client
+        .get(app.url(&app.credentials_path))
+        .header("cookie", format!("theme=dark; orga_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let response = app
+        .client
+        .get(app.url(&app.credentials_path))
+        .header("cookie", format!("other_cookie={token}"))
+        .send()
+        .await
+        .unwrap();
+    let message = assert_unauthorized(response).await;
+    assert!(message.contains("orga_session"), "{message}");
+}
+
+#[tokio::test]
+async fn a_cookie_is_not_read_unless_configured() {
+    let app = app().await;
+    let token = hs256(HS_SECRET.as_bytes(), &claims("u"));
+    let response = app
+        .client
+        .get(app.url(&app.credentials_path))
+        .header("cookie", format!("orga_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_unauthorized(response).await;
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_rsa_public_key_is_refused_in_jwks_mode() {
+    // The classic confusion attack: the verifier's public key used as an HMAC secret.
+    let key = super::rsa_key();
+    let idp = super::JwksServer::start(vec![key.jwk_with_kid("rsa-1")]).await;
+    let app = spawn_app_with(|config| {
+        config.auth.mode = AuthMode::Jwt;
+        config.auth.jwt.jwks_url = idp.url.clone();
+    })
+    .await;
+    super::wait_until_ready(&app).await;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("rsa-1".into());
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims("attacker"),
+        &jsonwebtoken::EncodingKey::from_secret(RSA_PUBLIC_PEM),
+    )
+    .unwrap();
+    let message = assert_unauthorized(get_with_bearer(&app, &forged).await).await;
+    assert!(message.contains("HS256"), "{message}");
+    // The genuine RS256 token of the same key still passes.
+    let genuine = key.sign("rsa-1", &claims("user"));
+    assert_eq!(get_with_bearer(&app, &genuine).await.status(), 200);
+}
+
+/// The authenticator on a bare router whose handler echoes the `Subject` extension.
+async fn subject_seen_by_handler(auth: &AuthConfig, header: (&str, String)) -> String {
+    let readiness = Readiness::default();
+    let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000)));
+    let authenticator = Authenticator::new(auth, &readiness, clock).unwrap();
+    let router = axum::Router::new()
+        .route(
+            "/",
+            get(|Extension(subject): Extension<Subject>| async move { subject.0 }),
+        )
+        .route_layer(from_fn_with_state(authenticator, orga_proxy::auth::require));
+    let request = Request::get("/")
+        .header(header.0, header.1)
+        .body(Body::empty())
+        .unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let bytes = axum::body::to_bytes(response.into_body(), 1024)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn the_subject_is_the_sub_claim_or_the_api_key_name_never_the_key() {
+    let mut jwt = AuthConfig {
+        mode: AuthMode::Jwt,
+        ..AuthConfig::default()
+    };
+    jwt.jwt.secret = Secret::new(HS_SECRET);
+    // The clock is injected: this token is valid at t = 1000 s only.
+    let token = hs256(
+        HS_SECRET.as_bytes(),
+        &json!({"sub": "user-42", "exp": 1_100}),
+    );
+    let subject = subject_seen_by_handler(&jwt, ("authorization", format!("Bearer {token}"))).await;
+    assert_eq!(subject, "user-42");
+
+    let keys = AuthConfig {
+        mode: AuthMode::ApiKey,
+        api_keys: vec![
+            Secret::new("first-key-0123456789"),
+            Secret::new("android:second-key-0123456789"),
+        ],
+        ..AuthConfig::default()
+    };
+    let named = subject_seen_by_handler(&keys, ("x-api-key", "second-key-0123456789".into())).await;
+    assert_eq!(named, "api_key:android");
+    let indexed =
+        subject_seen_by_handler(&keys, ("x-api-key", "first-key-0123456789".into())).await;
+    assert_eq!(indexed, "api_key:1");
+}

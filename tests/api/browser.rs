@@ -1,0 +1,334 @@
+//! The proxy as browsers see it: headless Chromium (Debian's, through chromedriver)
+//! loads `examples/browser/index.html` from one origin and fetches credentials from the
+//! proxy on another, then builds an `RTCPeerConnection` from them.
+//!
+//! Needs `chromium` and `chromium-driver`. CI installs them; elsewhere, without them, each
+//! test prints a loud SKIPPED line (and fails when CI=true).
+
+use crate::helpers::*;
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EXAMPLE_PAGE: &str = include_str!("../../examples/browser/index.html");
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A chromedriver process and a WebDriver session on it; both end on drop.
+pub struct Browser {
+    driver: Child,
+    pub client: fantoccini::Client,
+    _profile: tempfile_dir::TempDir,
+}
+
+mod tempfile_dir {
+    /// A scratch directory removed on drop (the Chromium profile).
+    pub struct TempDir(pub std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // chromedriver leads its own process group, which holds the Chromium it started:
+        // killing the group leaves no orphaned browser behind, even after a panic.
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn find_chromedriver() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("chromedriver"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Starts headless Chromium, or explains loudly why it cannot (failing in CI).
+pub async fn browser(test: &str) -> Option<Browser> {
+    let driver_path = find_chromedriver().filter(|_| std::path::Path::new(CHROMIUM).is_file());
+    let Some(driver_path) = driver_path else {
+        let message = "chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)";
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: {message}; CI must install them"
+        );
+        eprintln!("\n*** SKIPPED browser test {test}: {message} ***\n");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let driver = Command::new(driver_path)
+        .arg(format!("--port={port}"))
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let profile =
+        std::env::temp_dir().join(format!("orga-proxy-chromium-{}-{port}", std::process::id()));
+    let caps: serde_json::Map<String, Value> = serde_json::from_value(json!({
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.display()),
+            ]
+        }
+    }))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        let attempt = fantoccini::ClientBuilder::rustls()
+            .expect("rustls connector")
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await;
+        match attempt {
+            Ok(client) => break client,
+            Err(e) if Instant::now() > deadline => panic!("{test}: cannot start Chromium: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    Some(Browser {
+        driver,
+        client,
+        _profile: tempfile_dir::TempDir(profile),
+    })
+}
+
+/// Serves the example page on 127.0.0.1:0 (its own origin); returns its address.
+pub async fn serve_page(extra: Router) -> SocketAddr {
+    let app = Router::new()
+        .route("/", get(|| async { Html(EXAMPLE_PAGE) }))
+        .merge(extra);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Opens `page_url` with the example's query parameters and waits for its result object.
+pub async fn run_example(
+    browser: &Browser,
+    page_url: &str,
+    endpoint: &str,
+    token: Option<&str>,
+    cookies: bool,
+) -> Value {
+    let mut url = format!("{page_url}/?auto=1&endpoint={}", encode(endpoint));
+    if let Some(token) = token {
+        url.push_str(&format!("&token={}", encode(token)));
+    }
+    if cookies {
+        url.push_str("&cookies=1");
+    }
+    browser.client.goto(&url).await.expect("page loads");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let result = browser
+            .client
+            .execute("return window.orgaProxyResult || null", vec![])
+            .await
+            .expect("script runs");
+        if !result.is_null() {
+            return result;
+        }
+        assert!(Instant::now() < deadline, "the page produced no result");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_allowed_origin_gets_credentials_that_rtc_peer_connection_accepts() {
+    let Some(browser) = browser("an_allowed_origin_gets_credentials").await else {
+        return;
+    };
+    let page = serve_page(Router::new()).await;
+    let app = spawn_app_with(|c| c.cors.allowed_origins = vec![format!("http://{page}")]).await;
+    let result = run_example(
+        &browser,
+        &format!("http://{page}"),
+        &app.url(&app.credentials_path),
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["offerType"], "offer", "createOffer works: {result}");
+    assert!(
+        result["iceServers"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{result}"
+    );
+}
+
+#[tokio::test]
+async fn a_page_on_an_origin_that_is_not_allowed_cannot_read_the_response() {
+    let Some(browser) = browser("a_page_on_an_origin_that_is_not_allowed").await else {
+        return;
+    };
+    let page = serve_page(Router::new()).await;
+    let app =
+        spawn_app_with(|c| c.cors.allowed_origins = vec!["https://app.example.com".into()]).await;
+    let result = run_example(
+        &browser,
+        &format!("http://{page}"),
+        &app.url(&app.credentials_path),
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(result["ok"], false, "{result}");
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("TypeError"),
+        "the browser blocked it as a CORS failure: {result}"
+    );
+    assert!(
+        result["status"].is_null(),
+        "no status was readable: {result}"
+    );
+}
+
+/// The proxy requiring `api_key` or `jwt`, with the page's origin allowed.
+async fn app_requiring(page: SocketAddr, mode: &str) -> TestApp {
+    let mode = mode.to_owned();
+    spawn_app_with(move |c| {
+        c.cors.allowed_origins = vec![format!("http://{page}")];
+        if mode == "api_key" {
+            c.auth.mode = orga_proxy::auth::AuthMode::ApiKey;
+            c.auth.api_keys = vec![orga_proxy::config::Secret::new(BROWSER_API_KEY)];
+        } else {
+            c.auth.mode = orga_proxy::auth::AuthMode::Jwt;
+            c.auth.jwt.secret = orga_proxy::config::Secret::new(crate::auth::HS_SECRET);
+        }
+    })
+    .await
+}
+
+const BROWSER_API_KEY: &str = "browser-test-api-key-0123456789";
+
+#[tokio::test]
+async fn with_api_key_auth_the_preflighted_authorization_header_is_accepted_and_its_absence_refused()
+ {
+    let Some(browser) = browser("with_api_key_auth").await else {
+        return;
+    };
+    let page = serve_page(Router::new()).await;
+    let app = app_requiring(page, "api_key").await;
+    let (page_url, endpoint) = (format!("http://{page}"), app.url(&app.credentials_path));
+    let with = run_example(&browser, &page_url, &endpoint, Some(BROWSER_API_KEY), false).await;
+    assert_eq!(with["ok"], true, "{with}");
+    let without = run_example(&browser, &page_url, &endpoint, None, false).await;
+    assert_eq!(
+        without["status"], 401,
+        "the 401 is readable cross-origin: {without}"
+    );
+    assert_eq!(without["code"], "unauthorized", "{without}");
+    let wrong = run_example(&browser, &page_url, &endpoint, Some("not-the-key"), false).await;
+    assert_eq!(wrong["status"], 401, "{wrong}");
+}
+
+#[tokio::test]
+async fn with_jwt_auth_the_users_bearer_token_is_accepted_and_its_absence_refused() {
+    let Some(browser) = browser("with_jwt_auth").await else {
+        return;
+    };
+    let page = serve_page(Router::new()).await;
+    let app = app_requiring(page, "jwt").await;
+    let token = crate::auth::hs256(
+        crate::auth::HS_SECRET.as_bytes(),
+        &crate::auth::claims("user-42"),
+    );
+    let (page_url, endpoint) = (format!("http://{page}"), app.url(&app.credentials_path));
+    let with = run_example(&browser, &page_url, &endpoint, Some(&token), false).await;
+    assert_eq!(with["ok"], true, "{with}");
+    assert_eq!(with["offerType"], "offer", "{with}");
+    let without = run_example(&browser, &page_url, &endpoint, None, false).await;
+    assert_eq!(without["status"], 401, "{without}");
+}
+
+#[tokio::test]
+async fn a_same_site_page_with_a_jwt_cookie_succeeds_with_credentials_include() {
+    let Some(browser) = browser("a_same_site_page_with_a_jwt_cookie").await else {
+        return;
+    };
+    let token = crate::auth::hs256(
+        crate::auth::HS_SECRET.as_bytes(),
+        &crate::auth::claims("user-7"),
+    );
+    // The page's own "login" sets the session cookie, as the site's auth would.
+    let login = Router::new().route(
+        "/login",
+        get(move || async move {
+            (
+                [(
+                    "set-cookie",
+                    format!("orga_session={token}; Path=/; SameSite=Lax; HttpOnly"),
+                )],
+                "logged in",
+            )
+        }),
+    );
+    let page = serve_page(login).await;
+    // Both on localhost: different ports are different origins but the same site.
+    let page_origin = format!("http://localhost:{}", page.port());
+    let app = spawn_app_with({
+        let page_origin = page_origin.clone();
+        move |c| {
+            c.cors.allowed_origins = vec![page_origin];
+            c.cors.allow_credentials = true;
+            c.auth.mode = orga_proxy::auth::AuthMode::Jwt;
+            c.auth.jwt.secret = orga_proxy::config::Secret::new(crate::auth::HS_SECRET);
+            c.auth.jwt.cookie = "orga_session".into();
+        }
+    })
+    .await;
+    let endpoint = format!(
+        "http://localhost:{}{}",
+        app.addr.port(),
+        app.credentials_path
+    );
+    browser
+        .client
+        .goto(&format!("{page_origin}/login"))
+        .await
+        .unwrap();
+    let with = run_example(&browser, &page_origin, &endpoint, None, true).await;
+    assert_eq!(with["ok"], true, "the cookie went along: {with}");
+    let without = run_example(&browser, &page_origin, &endpoint, None, false).await;
+    assert_eq!(
+        without["status"], 401,
+        "without credentials: 'include' no cookie is sent: {without}"
+    );
+}

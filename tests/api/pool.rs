@@ -1,0 +1,43 @@
+//! The prefetch pool, end to end: served from the pool, each credential once.
+
+use crate::helpers::*;
+use orga_proxy::orga::mock::MockOptions;
+use std::collections::HashSet;
+use std::time::Duration;
+
+#[tokio::test]
+async fn with_the_pool_on_every_caller_still_gets_a_distinct_working_credential() {
+    let upstream = spawn_mock_upstream(MockOptions {
+        latency: Duration::from_millis(20),
+        ..MockOptions::default()
+    })
+    .await;
+    let app = spawn_app_against(&upstream, |c| {
+        c.pool.enabled = true;
+        c.pool.size = 4;
+    })
+    .await;
+    let mut tokens = HashSet::new();
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url(&app.credentials_path));
+            tokio::spawn(async move { client.get(url).send().await.unwrap() })
+        })
+        .collect();
+    for call in calls {
+        let response = call.await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        let body: serde_json::Value = response.json().await.unwrap();
+        let token = body["ephemeralToken"].as_str().unwrap().to_owned();
+        // The fake accepts only tokens it minted: prove the pooled ones are real.
+        let ice = client()
+            .get(format!("{upstream}/v1/realtime/ice-config"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ice.status(), 200);
+        assert!(tokens.insert(token), "a credential was handed out twice");
+    }
+}
