@@ -144,8 +144,8 @@ async fn bind(addr: &str) -> Result<TcpListener, ExitCode> {
 
 async fn serve(config: Config) -> ExitCode {
     crate::telemetry::init(&config.log);
-    let listener = match bind(&config.server.listen).await {
-        Ok(l) => l,
+    let (listener, metrics) = match bind_both(&config).await {
+        Ok(both) => both,
         Err(code) => return code,
     };
     let addr = listener
@@ -153,12 +153,30 @@ async fn serve(config: Config) -> ExitCode {
         .map_or_else(|_| config.server.listen.clone(), |a| a.to_string());
     tracing::info!(
         listen = %addr,
+        metrics_listen = %metrics.as_ref().map_or_else(|| "off".into(), local_addr),
         credentials_path = %config.server.credentials_path,
         orga_base_url = %config.orga.base_url,
         version = env!("CARGO_PKG_VERSION"),
         "orga-proxy listening"
     );
-    finish(crate::run(Arc::new(config), listener, shutdown_signal()).await)
+    finish(crate::run_with_metrics(Arc::new(config), listener, metrics, shutdown_signal()).await)
+}
+
+/// Binds the public listener and, unless `server.metrics_listen` is `""`, the metrics one.
+async fn bind_both(config: &Config) -> Result<(TcpListener, Option<TcpListener>), ExitCode> {
+    let listener = bind(&config.server.listen).await?;
+    let metrics = match config.server.metrics_listen.as_str() {
+        "" => None,
+        addr => Some(bind(addr).await?),
+    };
+    Ok((listener, metrics))
+}
+
+/// The address actually bound (it differs from the configured one for port 0).
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
 }
 
 async fn dev(mut config: Config) -> ExitCode {
@@ -186,8 +204,11 @@ async fn dev(mut config: Config) -> ExitCode {
         .parse::<SocketAddr>()
         .map_or(8080, |a| a.port());
     config.server.listen = format!("127.0.0.1:{port}");
-    let listener = match bind(&config.server.listen).await {
-        Ok(l) => l,
+    if let Ok(metrics) = config.server.metrics_listen.parse::<SocketAddr>() {
+        config.server.metrics_listen = format!("127.0.0.1:{}", metrics.port());
+    }
+    let (listener, metrics) = match bind_both(&config).await {
+        Ok(both) => both,
         Err(code) => return code,
     };
     let banner = "DEV MODE: credentials come from an embedded FAKE Orga Cloud and will not open real calls; never expose this";
@@ -199,7 +220,7 @@ async fn dev(mut config: Config) -> ExitCode {
         "\n  *** {banner} ***\n  credentials: http://{addr}{}\n",
         config.server.credentials_path
     );
-    finish(crate::run(Arc::new(config), listener, shutdown_signal()).await)
+    finish(crate::run_with_metrics(Arc::new(config), listener, metrics, shutdown_signal()).await)
 }
 
 async fn mock_upstream(listen: SocketAddr, options: MockOptions) -> ExitCode {

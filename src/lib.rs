@@ -10,6 +10,7 @@
 //! - [`auth`]: who may call the credentials route (none, API keys, JWT with a JWKS cache).
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
+//! - [`metrics`]: the Prometheus recorder and the separate `/metrics` listener.
 //! - [`state`], [`telemetry`]: shared handles and logging.
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod orga;
 pub mod pool;
 pub mod ratelimit;
@@ -33,6 +35,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// After the drain deadline, how long the requests cut short get to send their 503.
+const CUT_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Builds the application state and router from a validated configuration. Starts
 /// background tasks (the pool's refill), so call it inside a Tokio runtime.
 pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
@@ -44,14 +49,22 @@ pub fn app_with_clock(
     config: Arc<Config>,
     clock: ratelimit::LimiterClock,
 ) -> Result<(axum::Router, AppState), String> {
+    metrics::install();
     let orga = orga::OrgaClient::new(&config.orga)?;
     let origins =
         AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)?;
     let pool = config.pool.enabled.then(|| {
         let client = orga.clone();
+        // A refill has no caller waiting; it gets the same deadline a request would.
+        let request_timeout = config.server.request_timeout;
         let mint: pool::Mint = Arc::new(move || {
             let client = client.clone();
-            Box::pin(async move { client.session_credentials(&mut Default::default()).await })
+            let deadline = std::time::Instant::now() + request_timeout;
+            Box::pin(async move {
+                client
+                    .session_credentials(deadline, &mut Default::default())
+                    .await
+            })
         });
         pool::CredentialPool::start(&config.pool, mint)
     });
@@ -77,14 +90,34 @@ pub fn app_with_clock(
 
 /// Serves the proxy on `listener` until `shutdown` resolves, then drains: readiness
 /// turns 503, the listener closes, in-flight requests finish, and after
-/// `server.shutdown_timeout` whatever is left is dropped.
+/// `server.shutdown_timeout` the requests still open are answered 503 and `run` returns.
 pub async fn run(
     config: Arc<Config>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`run`], plus `/metrics` on `metrics_listener` (bound by the caller from
+/// `server.metrics_listen`, or on port 0 by tests). The metrics listener keeps
+/// answering while the public one drains, and stops when it is done.
+pub async fn run_with_metrics(
+    config: Arc<Config>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (router, state) = app(config.clone()).map_err(std::io::Error::other)?;
-    serve(router, state, listener, shutdown).await
+    let metrics_server = metrics_listener
+        .map(|listener| tokio::spawn(metrics::serve(listener, std::future::pending())));
+    let result = serve(router, state, listener, shutdown).await;
+    if let Some(task) = metrics_server {
+        // Stopped outright rather than drained: a scraper holding a keep-alive
+        // connection must not keep the process alive past the drain deadline.
+        task.abort();
+    }
+    result
 }
 
 /// Serves an already-built router (see [`app`]) with graceful drain.
@@ -103,6 +136,11 @@ pub async fn serve(
         tracing::info!(deadline = ?deadline, "shutdown requested: draining in-flight requests");
         let _ = draining_tx.send(true);
     };
+    let (cut_tx, cutoff) = http::drain::cutoff();
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        cutoff,
+        http::drain::cut_at_deadline,
+    ));
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, service).with_graceful_shutdown(signal);
     let hard_stop = async move {
@@ -115,7 +153,11 @@ pub async fn serve(
     tokio::select! {
         result = server => result?,
         () = hard_stop => {
-            tracing::warn!(deadline = ?deadline, "drain deadline passed: dropping the requests still open");
+            tracing::warn!(deadline = ?deadline, "drain deadline passed: ending the requests still open");
+            let _ = cut_tx.send(true);
+            // A moment for those 503s to be written before the caller (often `main`)
+            // tears the runtime down.
+            tokio::time::sleep(CUT_FLUSH_GRACE).await;
         }
     }
     tracing::info!("stopped");

@@ -43,6 +43,10 @@ pub struct ServerConfig {
     /// Address the public listener binds, `host:port`. `PORT` overrides only the port.
     #[serde(deserialize_with = "parse::lenient_string")]
     pub listen: String,
+    /// Address of the separate Prometheus `/metrics` listener, `host:port`; `""` turns
+    /// it off. Never served on the public listener.
+    #[serde(deserialize_with = "parse::lenient_string")]
+    pub metrics_listen: String,
     /// Path of the credentials route (GET and POST).
     #[serde(deserialize_with = "parse::lenient_string")]
     pub credentials_path: String,
@@ -54,15 +58,20 @@ pub struct ServerConfig {
     /// the process exits anyway. Below Docker's 10 s stop timeout.
     #[serde(with = "parse::duration")]
     pub shutdown_timeout: Duration,
+    /// Credentials requests handled at once; past it new ones are refused at once with
+    /// 503 `unavailable` and `Retry-After` instead of queueing.
+    pub concurrency_limit: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".into(),
+            metrics_listen: "0.0.0.0:9090".into(),
             credentials_path: "/api/orga/credentials".into(),
             request_timeout: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(8),
+            concurrency_limit: 1024,
         }
     }
 }
@@ -82,6 +91,13 @@ pub struct OrgaConfig {
     /// Total deadline of each upstream call (connecting included).
     #[serde(with = "parse::duration")]
     pub timeout: Duration,
+    /// Consecutive failed credential requests (Orga unreachable, timing out, 5xx, 429 or
+    /// malformed) that open the circuit breaker; `0` turns the breaker off.
+    pub circuit_breaker_threshold: u32,
+    /// How long an open circuit answers 503 without calling Orga before one probe
+    /// request is let through.
+    #[serde(with = "parse::duration")]
+    pub circuit_breaker_cooldown: Duration,
 }
 
 impl Default for OrgaConfig {
@@ -91,6 +107,8 @@ impl Default for OrgaConfig {
             api_key: Secret::default(),
             user_email: String::new(),
             timeout: Duration::from_secs(10),
+            circuit_breaker_threshold: 5,
+            circuit_breaker_cooldown: Duration::from_secs(10),
         }
     }
 }

@@ -20,6 +20,14 @@ pub(super) fn validate(config: &Config, dev: bool) -> Vec<String> {
     let server = &config.server;
     check("server.listen", socket_addr(&server.listen));
     check(
+        "server.metrics_listen",
+        metrics_listen(&server.metrics_listen, &server.listen),
+    );
+    check(
+        "server.concurrency_limit",
+        in_range(server.concurrency_limit, 1, 100_000),
+    );
+    check(
         "server.credentials_path",
         credentials_path(&server.credentials_path),
     );
@@ -29,6 +37,14 @@ pub(super) fn validate(config: &Config, dev: bool) -> Vec<String> {
     let orga = &config.orga;
     check("orga.base_url", base_url(&orga.base_url));
     check("orga.timeout", positive(orga.timeout));
+    check(
+        "orga.circuit_breaker_threshold",
+        in_range(orga.circuit_breaker_threshold as usize, 0, 1_000),
+    );
+    check(
+        "orga.circuit_breaker_cooldown",
+        positive(orga.circuit_breaker_cooldown),
+    );
     if !dev {
         check(
             "orga.api_key",
@@ -89,6 +105,31 @@ fn socket_addr(value: &str) -> Result<(), String> {
         .parse::<SocketAddr>()
         .map(|_| ())
         .map_err(|_| format!("{value:?} is not an IP:port address, e.g. \"0.0.0.0:8080\""))
+}
+
+/// `""` (off) or an address whose port differs from the public listener's.
+fn metrics_listen(value: &str, listen: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let addr = value.parse::<SocketAddr>().map_err(|_| {
+        format!("{value:?} is not an IP:port address, e.g. \"0.0.0.0:9090\", or \"\" to turn metrics off")
+    })?;
+    let public = listen.parse::<SocketAddr>().ok();
+    if addr.port() != 0 && public.is_some_and(|p| p.port() == addr.port()) {
+        return Err(format!(
+            "{value:?} uses the public listener's port; metrics must never be served on the public port"
+        ));
+    }
+    Ok(())
+}
+
+fn in_range(value: usize, min: usize, max: usize) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{value} is out of range; use {min} to {max}"))
+    }
 }
 
 fn positive(value: Duration) -> Result<(), String> {
@@ -218,6 +259,25 @@ mod tests {
             "{joined}"
         );
         assert_eq!(problems.len(), 4, "{joined}");
+    }
+
+    #[test]
+    fn metrics_may_be_off_but_never_on_the_public_port() {
+        assert!(metrics_listen("", "0.0.0.0:8080").is_ok());
+        assert!(metrics_listen("127.0.0.1:9090", "0.0.0.0:8080").is_ok());
+        assert!(metrics_listen("0.0.0.0:8080", "0.0.0.0:8080").is_err());
+        assert!(metrics_listen("9090", "0.0.0.0:8080").is_err());
+    }
+
+    #[test]
+    fn a_zero_concurrency_limit_is_refused_with_its_key() {
+        let mut config = Config::default();
+        config.server.concurrency_limit = 0;
+        let problems = validate(&config, true).join("\n");
+        assert!(
+            problems.contains("server.concurrency_limit (ORGA_PROXY_SERVER__CONCURRENCY_LIMIT)"),
+            "{problems}"
+        );
     }
 
     #[test]

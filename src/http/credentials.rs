@@ -23,7 +23,9 @@ pub async fn credentials(State(state): State<AppState>) -> Response {
         return response;
     }
     let mut timings = UpstreamTimings::default();
-    let mut response = match state.orga.session_credentials(&mut timings).await {
+    // The request's deadline (server.request_timeout) bounds upstream retries too.
+    let deadline = std::time::Instant::now() + state.config.server.request_timeout;
+    let mut response = match state.orga.session_credentials(deadline, &mut timings).await {
         Ok(credentials) => respond(credentials),
         Err(error) => {
             log_upstream_error(&error);
@@ -49,6 +51,13 @@ fn log_upstream_error(error: &OrgaError) {
             kind = error.kind(),
             "Orga refused the configured API key or user email; check orga.api_key and orga.user_email"
         ),
+        // Logged once by the breaker when it opens, not once per refused request.
+        OrgaError::CircuitOpen { .. } => {
+            tracing::debug!(
+                kind = error.kind(),
+                "upstream circuit open: request refused"
+            )
+        }
         OrgaError::Timeout { .. } => {
             tracing::warn!(error = %error, kind = error.kind(), "Orga Cloud timed out")
         }

@@ -2,8 +2,11 @@
 
 pub mod cors;
 mod credentials;
+pub mod drain;
 mod health;
 mod limits;
+mod observe;
+mod overload;
 pub mod request_id;
 
 use crate::auth::Subject;
@@ -27,11 +30,13 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 
 /// Builds the public router. No side effects: the caller binds the listener.
 ///
-/// The stack reads outermost first: request id, sensitive headers, trace, CORS,
-/// limits and the request deadline; then the routes. The credentials route adds its
-/// own layers, outermost first: the per-client rate limit, auth, then the per-subject
-/// limit (health, readiness and CORS preflights never reach them).
+/// The stack reads outermost first: metrics, request id, sensitive headers, trace,
+/// CORS, limits and the request deadline; then the routes. The credentials route adds
+/// its own layers, outermost first: the per-client rate limit, auth, the per-subject
+/// limit, then load shedding past `server.concurrency_limit` (so refused callers hold no
+/// slot). Health, readiness and CORS preflights never reach them.
 pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
+    let shed = overload::ConcurrencyLimit::new(state.config.server.concurrency_limit);
     // HEAD is refused explicitly: axum would otherwise run the GET handler for it and
     // mint a billable token whose body is thrown away (a monitoring probe would burn quota).
     // A route layer wraps the ones added before it: the last added runs first.
@@ -44,6 +49,7 @@ pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
             response
         })
+        .route_layer(from_fn_with_state(shed, overload::shed))
         .route_layer(from_fn_with_state(
             state.rate_limit.clone(),
             ratelimit::limit_subjects,
@@ -56,7 +62,9 @@ pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
             state.rate_limit.clone(),
             ratelimit::limit_clients,
         ));
+    let credentials_path: Arc<str> = Arc::from(state.config.server.credentials_path.as_str());
     let stack = ServiceBuilder::new()
+        .layer(from_fn_with_state(credentials_path, observe::observe))
         .layer(from_fn(request_id::request_id))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,

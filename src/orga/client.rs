@@ -1,13 +1,17 @@
 //! `OrgaClient`: the two upstream calls the official Node SDK makes, built from scratch
 //! (no client header forwarded), with explicit timeouts, no redirects, no system
-//! proxy and a cap on the answer size.
+//! proxy and a cap on the answer size; behind a circuit breaker, with one retry where
+//! a retry is safe (see [`OrgaClient::session_credentials`]).
 
+use super::breaker::{CircuitBreaker, CircuitState, Clock, SystemClock};
 use super::error::{Call, OrgaError};
 use super::types::{ClientSecret, EphemeralToken, IceServer, SessionCredentials};
 use crate::config::OrgaConfig;
+use crate::metrics::{CIRCUIT_REJECTED, UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES};
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Response, StatusCode, redirect};
 use serde::de::DeserializeOwned;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,10 @@ struct Inner {
     ice_config_url: reqwest::Url,
     /// `Bearer <api key>`, marked sensitive so no `Debug` of the request shows it.
     api_key_bearer: HeaderValue,
+    /// `orga.timeout`: the most one attempt may take.
+    timeout: Duration,
+    /// Opens after a run of failed credential requests.
+    breaker: Arc<CircuitBreaker>,
 }
 
 /// How long each upstream call took, for the request's log line.
@@ -43,6 +51,11 @@ pub struct UpstreamTimings {
 impl OrgaClient {
     /// Builds the client from validated configuration.
     pub fn new(config: &OrgaConfig) -> Result<Self, String> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// [`OrgaClient::new`] with the circuit breaker reading time from `clock` (tests).
+    pub fn with_clock(config: &OrgaConfig, clock: Arc<dyn Clock>) -> Result<Self, String> {
         let base = config.base_url.trim_end_matches('/');
         let client_secrets_url = format!(
             "{base}/v1/realtime/client-secrets?email={}",
@@ -69,22 +82,66 @@ impl OrgaClient {
                 client_secrets_url: parse(&client_secrets_url)?,
                 ice_config_url: parse(&format!("{base}/v1/realtime/ice-config"))?,
                 api_key_bearer,
+                timeout: config.timeout,
+                breaker: CircuitBreaker::new(
+                    config.circuit_breaker_threshold,
+                    config.circuit_breaker_cooldown,
+                    clock,
+                ),
             }),
         })
     }
 
+    /// The circuit breaker's state, for `/readyz`.
+    pub fn circuit_state(&self) -> CircuitState {
+        self.inner.breaker.state()
+    }
+
     /// Mints a fresh ephemeral token and fetches the ICE servers that go with it.
     /// Both must succeed: half a credential is never handed out.
+    ///
+    /// While the circuit is open this answers [`OrgaError::CircuitOpen`] without calling
+    /// Orga. Each call is retried at most once, and only while `deadline` (the end of
+    /// the client's request) has not passed: `ice-config`, an idempotent GET, on a
+    /// connection error or a 5xx; `client-secrets`, which mints a token, only when the
+    /// request provably never left (the connection was never made).
     pub async fn session_credentials(
         &self,
+        deadline: Instant,
         timings: &mut UpstreamTimings,
     ) -> Result<SessionCredentials, OrgaError> {
+        let permit = self.inner.breaker.admit().map_err(|retry_after| {
+            metrics::counter!(CIRCUIT_REJECTED).increment(1);
+            OrgaError::CircuitOpen { retry_after }
+        })?;
+        let result = self.fetch_credentials(deadline, timings).await;
+        permit.record(
+            result
+                .as_ref()
+                .err()
+                .is_some_and(OrgaError::is_upstream_failure),
+        );
+        result
+    }
+
+    async fn fetch_credentials(
+        &self,
+        deadline: Instant,
+        timings: &mut UpstreamTimings,
+    ) -> Result<SessionCredentials, OrgaError> {
+        let timeout = self.inner.timeout;
         let started = Instant::now();
-        let secret = self.client_secret().await;
+        let secret = with_retry(Call::ClientSecret, deadline, timeout, |timeout| {
+            self.client_secret_attempt(timeout)
+        })
+        .await;
         timings.client_secret = started.elapsed();
         let secret = secret?;
         let started = Instant::now();
-        let ice_servers = self.ice_config(&secret.ephemeral_token).await;
+        let ice_servers = with_retry(Call::IceConfig, deadline, timeout, |timeout| {
+            self.ice_config_attempt(&secret.ephemeral_token, timeout)
+        })
+        .await;
         timings.ice_config = started.elapsed();
         Ok(SessionCredentials {
             ephemeral_token: secret.ephemeral_token,
@@ -94,7 +151,12 @@ impl OrgaClient {
     }
 
     /// `POST /v1/realtime/client-secrets?email=...` with the API key as Bearer, no body.
+    /// One attempt, no breaker.
     pub async fn client_secret(&self) -> Result<ClientSecret, OrgaError> {
+        self.client_secret_attempt(self.inner.timeout).await
+    }
+
+    async fn client_secret_attempt(&self, timeout: Duration) -> Result<ClientSecret, OrgaError> {
         let call = Call::ClientSecret;
         let response = self
             .inner
@@ -102,6 +164,7 @@ impl OrgaClient {
             .post(self.inner.client_secrets_url.clone())
             .header(AUTHORIZATION, self.inner.api_key_bearer.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| transport(call, e))?;
@@ -128,13 +191,23 @@ impl OrgaClient {
     }
 
     /// `GET /v1/realtime/ice-config` with the freshly minted token as Bearer.
+    /// One attempt, no breaker.
     pub async fn ice_config(&self, token: &EphemeralToken) -> Result<Vec<IceServer>, OrgaError> {
+        self.ice_config_attempt(token, self.inner.timeout).await
+    }
+
+    async fn ice_config_attempt(
+        &self,
+        token: &EphemeralToken,
+        timeout: Duration,
+    ) -> Result<Vec<IceServer>, OrgaError> {
         let call = Call::IceConfig;
         let response = self
             .inner
             .http
             .get(self.inner.ice_config_url.clone())
             .header(AUTHORIZATION, token.bearer())
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| transport(call, e))?;
@@ -156,6 +229,54 @@ impl OrgaClient {
                 .map_err(|reason| OrgaError::Malformed { call, reason })?;
         }
         Ok(config.ice_servers)
+    }
+}
+
+/// Whether a failed attempt of `call` may be tried again (see
+/// [`OrgaClient::session_credentials`]).
+fn retryable(call: Call, error: &OrgaError) -> bool {
+    match (call, error) {
+        (Call::ClientSecret, OrgaError::Transport { never_sent, .. }) => *never_sent,
+        (Call::IceConfig, OrgaError::Transport { .. }) => true,
+        (Call::IceConfig, OrgaError::Status { status, .. }) => *status >= 500,
+        _ => false,
+    }
+}
+
+/// Runs `attempt` (given its timeout: `orga.timeout`, cut to what is left before
+/// `deadline`), once more if the failure is [`retryable`] and time is left, and records
+/// each attempt's latency and error in the metrics.
+async fn with_retry<T, F, Fut>(
+    call: Call,
+    deadline: Instant,
+    timeout: Duration,
+    mut attempt: F,
+) -> Result<T, OrgaError>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<T, OrgaError>>,
+{
+    let mut retried = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A floor keeps a zero timeout (deadline already gone) from meaning "none".
+        let started = Instant::now();
+        let result = attempt(timeout.min(left).max(Duration::from_millis(1))).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(UPSTREAM_DURATION, "call" => call.as_str(), "outcome" => outcome)
+            .record(started.elapsed());
+        let error = match result {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        metrics::counter!(UPSTREAM_ERRORS, "call" => call.as_str(), "kind" => error.kind())
+            .increment(1);
+        if retried || !retryable(call, &error) || Instant::now() >= deadline {
+            return Err(error);
+        }
+        retried = true;
+        metrics::counter!(UPSTREAM_RETRIES, "call" => call.as_str()).increment(1);
+        tracing::info!(%call, error = %error, kind = error.kind(), "retrying the upstream call once");
     }
 }
 
@@ -237,6 +358,43 @@ fn encode_uri_component(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn transport(never_sent: bool) -> OrgaError {
+        OrgaError::Transport {
+            call: Call::ClientSecret,
+            reason: String::new(),
+            never_sent,
+        }
+    }
+
+    #[test]
+    fn client_secrets_is_retried_only_when_the_request_never_left() {
+        assert!(retryable(Call::ClientSecret, &transport(true)));
+        assert!(!retryable(Call::ClientSecret, &transport(false)));
+        let status = OrgaError::Status {
+            call: Call::ClientSecret,
+            status: 503,
+        };
+        assert!(!retryable(Call::ClientSecret, &status));
+    }
+
+    #[test]
+    fn ice_config_is_retried_on_connection_errors_and_5xx_only() {
+        let status = |status| OrgaError::Status {
+            call: Call::IceConfig,
+            status,
+        };
+        assert!(retryable(Call::IceConfig, &transport(false)));
+        assert!(retryable(Call::IceConfig, &status(502)));
+        assert!(!retryable(Call::IceConfig, &status(401)));
+        let timeout = OrgaError::Timeout {
+            call: Call::IceConfig,
+        };
+        assert!(
+            !retryable(Call::IceConfig, &timeout),
+            "a timeout has used the time"
+        );
+    }
 
     #[test]
     fn email_is_encoded_like_encode_uri_component() {

@@ -2,6 +2,7 @@
 
 use crate::error::ApiError;
 use std::fmt;
+use std::time::Duration;
 
 /// Which upstream call failed, for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,12 +13,19 @@ pub enum Call {
     IceConfig,
 }
 
-impl fmt::Display for Call {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Call {
+    /// The call's name, for logs and the `call` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::ClientSecret => "client-secrets",
             Self::IceConfig => "ice-config",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -66,6 +74,12 @@ pub enum OrgaError {
         /// so even a non-idempotent call may be retried.
         never_sent: bool,
     },
+    /// The circuit breaker is open: Orga was not called.
+    #[error("the upstream circuit is open; Orga was not called")]
+    CircuitOpen {
+        /// Until the breaker lets a probe through.
+        retry_after: Duration,
+    },
 }
 
 impl OrgaError {
@@ -77,6 +91,17 @@ impl OrgaError {
             Self::Malformed { .. } => "malformed",
             Self::Timeout { .. } => "timeout",
             Self::Transport { .. } => "transport",
+            Self::CircuitOpen { .. } => "circuit_open",
+        }
+    }
+
+    /// Whether this failure says Orga Cloud is unhealthy, and so counts towards opening
+    /// the circuit. A refused API key or another 4xx means Orga answered sanely.
+    pub fn is_upstream_failure(&self) -> bool {
+        match self {
+            Self::Transport { .. } | Self::Timeout { .. } | Self::Malformed { .. } => true,
+            Self::Status { status, .. } => *status >= 500 || *status == 429,
+            Self::Auth { .. } | Self::CircuitOpen { .. } => false,
         }
     }
 }
@@ -89,6 +114,11 @@ impl From<&OrgaError> for ApiError {
             OrgaError::Status { .. }
             | OrgaError::Malformed { .. }
             | OrgaError::Transport { .. } => ApiError::Upstream,
+            OrgaError::CircuitOpen { retry_after } => ApiError::Unavailable {
+                reason: "Orga Cloud is failing, so the proxy is not calling it for a moment; try again shortly."
+                    .into(),
+                retry_after: *retry_after,
+            },
         }
     }
 }

@@ -1,11 +1,13 @@
 //! Orga Cloud: the upstream client, its error enum, the wire types, and the fake
 //! Orga Cloud used by `dev`, `mock-upstream` and the tests.
 
+pub mod breaker;
 mod client;
 mod error;
 pub mod mock;
 mod types;
 
+pub use breaker::CircuitState;
 pub use client::{OrgaClient, UpstreamTimings};
 pub use error::{Call, OrgaError};
 pub use types::{ClientSecret, EphemeralToken, Expiry, IceServer, IceUrls, SessionCredentials};

@@ -18,6 +18,8 @@ pub(crate) fn command(args: &[&str]) -> Command {
     command
         .args(args)
         .env_clear()
+        // The default metrics port (9090) would clash between parallel tests.
+        .env("ORGA_PROXY_SERVER__METRICS_LISTEN", "127.0.0.1:0")
         .current_dir(std::env::temp_dir());
     if let Ok(path) = std::env::var("PATH") {
         command.env("PATH", path);

@@ -1,0 +1,42 @@
+//! Load shedding: at most `server.concurrency_limit` credentials requests are handled
+//! at once; past that a request is refused at once with 503 `unavailable` and
+//! `Retry-After`, so a flood degrades into fast refusals instead of a growing queue of
+//! requests that would all time out anyway.
+
+use crate::error::ApiError;
+use crate::metrics::REQUESTS_SHED;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// What a shed request is told to wait before trying again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The shared budget of concurrent requests.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimit(Arc<Semaphore>);
+
+impl ConcurrencyLimit {
+    /// A budget of `limit` requests at once.
+    pub fn new(limit: usize) -> Self {
+        Self(Arc::new(Semaphore::new(limit)))
+    }
+}
+
+/// Middleware: takes a slot for the whole request or refuses it without waiting.
+pub async fn shed(State(limit): State<ConcurrencyLimit>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = limit.0.clone().try_acquire_owned() else {
+        metrics::counter!(REQUESTS_SHED).increment(1);
+        tracing::debug!("concurrency limit reached: request shed");
+        return ApiError::Unavailable {
+            reason: "The proxy is handling as many requests as it allows; try again shortly."
+                .into(),
+            retry_after: RETRY_AFTER,
+        }
+        .into_response();
+    };
+    next.run(request).await
+}

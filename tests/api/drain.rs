@@ -1,0 +1,248 @@
+//! Graceful drain: readiness turns 503 at once, new connections are refused, in-flight
+//! requests finish, and the server returns by `server.shutdown_timeout` even when a
+//! client hangs. Also the real binary on SIGTERM.
+
+use crate::gated_upstream::GatedUpstream;
+use crate::helpers::*;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+
+/// Generous bound for "the server stops by itself": only a hang trips it.
+const HANG_GUARD: Duration = Duration::from_secs(20);
+
+/// Waits (boundedly) until a new TCP connection to `addr` is refused.
+async fn connections_refused(addr: SocketAddr) -> bool {
+    for _ in 0..500 {
+        if TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn readiness_answers_503_as_soon_as_shutdown_begins() {
+    let upstream = spawn_mock_upstream(Default::default()).await;
+    let config = Arc::new(test_config(&upstream));
+    let (router, state) = orga_proxy::app(config).unwrap();
+    let readyz = || Request::get("/readyz").body(Body::empty()).unwrap();
+    assert_eq!(
+        router.clone().oneshot(readyz()).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(orga_proxy::serve(
+        router.clone(),
+        state.clone(),
+        listener,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    tx.send(()).unwrap();
+    tokio::time::timeout(HANG_GUARD, server)
+        .await
+        .expect("an idle server stops at once")
+        .unwrap()
+        .unwrap();
+
+    let response = router.oneshot(readyz()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["reasons"], serde_json::json!(["draining"]));
+    assert_eq!(body["error"]["code"], "unavailable");
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_while_new_connections_are_refused() {
+    let upstream = GatedUpstream::start().await;
+    let mut app = spawn_app_against(&upstream.url, |c| {
+        c.server.shutdown_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let url = app.url(&app.credentials_path);
+    let client = app.client.clone();
+    let in_flight = tokio::spawn(async move { client.get(url).send().await });
+    upstream.arrived().await;
+
+    app.begin_shutdown();
+    assert!(
+        connections_refused(app.addr).await,
+        "the listener closes on shutdown"
+    );
+    assert!(!in_flight.is_finished(), "the request is still in flight");
+    assert!(!app.handle.is_finished(), "the server waits for it");
+
+    upstream.release(1);
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["ephemeralToken"], "ek_gated");
+    let handle = &mut app.handle;
+    tokio::time::timeout(HANG_GUARD, handle)
+        .await
+        .expect("the server stops once drained")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_request_slower_than_the_drain_deadline_does_not_keep_the_server_alive() {
+    let upstream = GatedUpstream::start().await;
+    let mut app = spawn_app_against(&upstream.url, |c| {
+        c.server.shutdown_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let url = app.url(&app.credentials_path);
+    let client = app.client.clone();
+    let in_flight = tokio::spawn(async move { client.get(url).send().await });
+    upstream.arrived().await;
+
+    app.begin_shutdown();
+    let handle = &mut app.handle;
+    tokio::time::timeout(HANG_GUARD, handle)
+        .await
+        .expect("the drain deadline ends the server")
+        .unwrap()
+        .unwrap();
+    let outcome = tokio::time::timeout(HANG_GUARD, in_flight)
+        .await
+        .expect("the unfinished request is ended, not left hanging")
+        .unwrap();
+    if let Ok(response) = outcome {
+        // Answered before the connection closed: the contract's 503, never a hang.
+        assert_eq!(response.status(), 503);
+        assert_eq!(error_code(response).await, "unavailable");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_sent_half_a_request_does_not_keep_the_server_alive() {
+    let mut app = spawn_app_with(|c| {
+        c.server.shutdown_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut stalled = TcpStream::connect(app.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Half: ")
+        .await
+        .unwrap();
+    // The proxy has the connection (a full request on another one is answered).
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    app.begin_shutdown();
+    let handle = &mut app.handle;
+    tokio::time::timeout(HANG_GUARD, handle)
+        .await
+        .expect("the drain deadline ends the server")
+        .unwrap()
+        .unwrap();
+    drop(stalled);
+}
+
+/// The binary itself: SIGTERM while a request is in flight. The request is answered,
+/// new connections are refused meanwhile, and the process exits 0.
+#[tokio::test]
+async fn the_binary_drains_and_exits_0_on_sigterm() {
+    let upstream = GatedUpstream::start().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orga-proxy"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ORGA_API_KEY", TEST_API_KEY)
+        .env("ORGA_USER_EMAIL", TEST_EMAIL)
+        .env("ORGA_BASE_URL", &upstream.url)
+        .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0")
+        .env("ORGA_PROXY_SERVER__METRICS_LISTEN", "127.0.0.1:0")
+        .env("ORGA_PROXY_SERVER__SHUTDOWN_TIMEOUT", "30s")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let logs = Arc::new(Mutex::new(String::new()));
+    let stdout = child.stdout.take().unwrap();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let started = Instant::now();
+    let addr: SocketAddr = loop {
+        let text = logs.lock().unwrap().clone();
+        if let Some(line) = text.lines().find(|l| l.contains("orga-proxy listening")) {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            break json["listen"].as_str().unwrap().parse().unwrap();
+        }
+        if started.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            panic!("the proxy did not start:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let client = client();
+    let url = format!("http://{addr}/api/orga/credentials");
+    let in_flight = tokio::spawn(async move { client.get(url).send().await });
+    upstream.arrived().await;
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    assert!(
+        connections_refused(addr).await,
+        "the listener closes on SIGTERM"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "still draining");
+
+    upstream.release(1);
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(response.status(), 200);
+
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            panic!("the proxy did not exit after draining");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", logs.lock().unwrap());
+    assert!(logs.lock().unwrap().contains("draining"));
+}
