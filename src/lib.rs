@@ -31,7 +31,6 @@ use config::Config;
 use http::cors::AllowedOrigins;
 use state::{AppState, Readiness};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -141,8 +140,8 @@ pub async fn serve(
         cutoff,
         http::drain::cut_at_deadline,
     ));
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(signal);
+    let header_read_timeout = state.config.server.header_read_timeout;
+    let server = http::server::serve(listener, router, header_read_timeout, signal);
     let hard_stop = async move {
         if draining_rx.wait_for(|draining| *draining).await.is_err() {
             // The signal future is gone only when the server has already returned.

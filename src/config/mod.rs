@@ -54,6 +54,11 @@ pub struct ServerConfig {
     /// client gets 504 `upstream_timeout`.
     #[serde(with = "parse::duration")]
     pub request_timeout: Duration,
+    /// How long a connection may take to send a request's headers, and how long an
+    /// idle keep-alive connection is kept; past it the connection is closed, so slow or
+    /// silent clients cannot pile up connections.
+    #[serde(with = "parse::duration")]
+    pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM/Ctrl-C before
     /// the process exits anyway. Below Docker's 10 s stop timeout.
     #[serde(with = "parse::duration")]
@@ -70,6 +75,7 @@ impl Default for ServerConfig {
             metrics_listen: "0.0.0.0:9090".into(),
             credentials_path: "/api/orga/credentials".into(),
             request_timeout: Duration::from_secs(15),
+            header_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(8),
             concurrency_limit: 1024,
         }

@@ -32,6 +32,10 @@ pub(super) fn validate(config: &Config, dev: bool) -> Vec<String> {
         credentials_path(&server.credentials_path),
     );
     check("server.request_timeout", positive(server.request_timeout));
+    check(
+        "server.header_read_timeout",
+        positive(server.header_read_timeout),
+    );
     check("server.shutdown_timeout", positive(server.shutdown_timeout));
 
     let orga = &config.orga;

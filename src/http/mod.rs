@@ -8,6 +8,7 @@ mod limits;
 mod observe;
 mod overload;
 pub mod request_id;
+pub mod server;
 
 use crate::auth::Subject;
 use crate::error::ApiError;

@@ -108,6 +108,25 @@ async fn head_on_the_credentials_route_is_405_and_mints_nothing() {
 }
 
 #[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|c| c.server.header_read_timeout = Duration::from_millis(300)).await;
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the half-sent request still held its connection after 10 s"
+    );
+    // The server keeps serving everyone else.
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
 async fn a_sane_request_id_is_kept_and_a_hostile_one_replaced() {
     let app = spawn_app().await;
     let kept = app
