@@ -184,7 +184,24 @@ fn base_url(value: &str) -> Result<(), String> {
             "{value:?} must not carry a query, fragment or credentials"
         ));
     }
+    if url.scheme() == "http" && !is_local_host(&url) {
+        return Err(format!(
+            "{value:?} would send the API key unencrypted; use https (plain http is accepted only for localhost, loopback addresses and single-label container hostnames such as http://mock-orga:8081)"
+        ));
+    }
     Ok(())
+}
+
+/// Hosts where plain http cannot cross a network boundary the operator does not own:
+/// loopback, and single-label names (a compose or Kubernetes service on the same host
+/// network, like the fake Orga Cloud).
+fn is_local_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost" || !name.contains('.'),
+        None => false,
+    }
 }
 
 /// A syntactic check that catches typos and placeholders, not full RFC 5322.
@@ -217,6 +234,21 @@ pub fn email(value: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::Secret;
+
+    #[test]
+    fn plain_http_is_refused_for_remote_hosts_because_it_would_expose_the_api_key() {
+        assert!(base_url("http://api.orga-ai.com").is_err());
+        assert!(base_url("http://10.0.0.5:8081").is_err());
+        for local in [
+            "http://127.0.0.1:8081",
+            "http://[::1]:8081",
+            "http://localhost:8081",
+            "http://mock-orga:8081",
+            "https://api.orga-ai.com",
+        ] {
+            assert!(base_url(local).is_ok(), "{local}");
+        }
+    }
 
     #[test]
     fn emails_with_plus_and_subdomains_are_accepted() {
