@@ -77,7 +77,17 @@ async fn a_request_without_origin_is_served_normally() {
 
 #[tokio::test]
 async fn a_preflight_from_an_allowed_origin_is_answered_without_authentication() {
-    let app = app().await;
+    // Auth is on: a preflight carries no credentials, and must pass anyway.
+    let app = spawn_app_with(|c| {
+        c.cors.allowed_origins = vec![APP_ORIGIN.into()];
+        c.auth.mode = orga_proxy::auth::AuthMode::ApiKey;
+        c.auth.api_keys = vec![orga_proxy::config::Secret::new(
+            "cors-test-key-0123456789abcdef",
+        )];
+    })
+    .await;
+    let unauthenticated = app.get_credentials().await;
+    assert_eq!(unauthenticated.status(), 401, "auth is really on");
     let response = app
         .client
         .request(reqwest::Method::OPTIONS, app.url(&app.credentials_path))

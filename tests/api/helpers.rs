@@ -22,6 +22,8 @@ pub struct TestApp {
     /// The credentials path configured.
     pub credentials_path: String,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The app's shared state (pool, readiness...), for assertions on internals.
+    pub state: orga_proxy::state::AppState,
     /// The server task; resolves when `run` returns.
     pub handle: JoinHandle<std::io::Result<()>>,
 }
@@ -107,7 +109,8 @@ pub async fn spawn_app_against(base_url: &str, customize: impl FnOnce(&mut Confi
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(orga_proxy::run(config.into(), listener, async {
+    let (router, state) = orga_proxy::app(config.into()).expect("the test config is valid");
+    let handle = tokio::spawn(orga_proxy::serve(router, state.clone(), listener, async {
         let _ = rx.await;
     }));
     TestApp {
@@ -115,6 +118,7 @@ pub async fn spawn_app_against(base_url: &str, customize: impl FnOnce(&mut Confi
         client: client(),
         credentials_path,
         shutdown: Some(tx),
+        state,
         handle,
     }
 }

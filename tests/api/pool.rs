@@ -17,6 +17,10 @@ async fn with_the_pool_on_every_caller_still_gets_a_distinct_working_credential(
         c.pool.size = 4;
     })
     .await;
+    let pool = app.state.pool.clone().expect("the pool is on");
+    while pool.len() < 4 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut tokens = HashSet::new();
     let calls: Vec<_> = (0..12)
         .map(|_| {
@@ -40,4 +44,6 @@ async fn with_the_pool_on_every_caller_still_gets_a_distinct_working_credential(
         assert_eq!(ice.status(), 200);
         assert!(tokens.insert(token), "a credential was handed out twice");
     }
+    let hits = pool.stats().hits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(hits >= 4, "the full pool served callers ({hits} hits)");
 }

@@ -91,7 +91,8 @@ async fn malformed_json_is_502_upstream_error() {
     )
     .await;
     let app = spawn_app_against(&upstream.uri(), |_| {}).await;
-    assert_eq!(outcome(&app).await.0, 502);
+    let (status, code, _) = outcome(&app).await;
+    assert_eq!((status, code.as_str()), (502, "upstream_error"));
 }
 
 #[tokio::test]
