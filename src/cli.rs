@@ -247,12 +247,7 @@ fn finish(result: std::io::Result<()>) -> ExitCode {
 }
 
 async fn healthcheck(url: &str, timeout: Duration) -> ExitCode {
-    let client = match reqwest::Client::builder()
-        .timeout(timeout)
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let client = match crate::outbound::client(timeout).build() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("healthcheck: {e}");

@@ -22,6 +22,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod orga;
+pub mod outbound;
 pub mod pool;
 pub mod ratelimit;
 pub mod state;

@@ -7,7 +7,6 @@
 use super::Clock;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use reqwest::redirect;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -70,12 +69,7 @@ impl Jwks {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("auth.jwt.jwks_url: {e}"))?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("orga-proxy/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(FETCH_TIMEOUT)
-            .timeout(FETCH_TIMEOUT)
+        let http = crate::outbound::client(FETCH_TIMEOUT)
             .build()
             .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
         let runtime = tokio::runtime::Handle::try_current()
@@ -177,7 +171,7 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<Vec<u8>, String> {
-        let mut response = self
+        let response = self
             .http
             .get(self.url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
@@ -194,18 +188,16 @@ impl Jwks {
         if !status.is_success() {
             return Err(format!("answered HTTP {status}"));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        crate::outbound::read_capped(response, MAX_JWKS_BYTES)
             .await
-            .map_err(|e| format!("reading the answer failed: {}", e.without_url()))?
-        {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("answer larger than {MAX_JWKS_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+            .map_err(|e| match e {
+                crate::outbound::ReadError::TooLarge => {
+                    format!("answer larger than {MAX_JWKS_BYTES} bytes")
+                }
+                crate::outbound::ReadError::Transport(e) => {
+                    format!("reading the answer failed: {}", e.without_url())
+                }
+            })
     }
 }
 

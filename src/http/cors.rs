@@ -90,11 +90,6 @@ impl AllowedOrigins {
         Ok(origins)
     }
 
-    /// Adds more entries (dev mode opens localhost).
-    pub fn extend_any_port(&mut self, scheme: &str, host: &str) {
-        self.any_port.push((scheme.into(), host.into()));
-    }
-
     /// Whether a request's `Origin` header value is allowed.
     pub fn allows(&self, origin: &str) -> bool {
         let Some((scheme, host, port)) = split_origin(origin) else {

@@ -8,8 +8,9 @@ use super::error::{Call, OrgaError};
 use super::types::{ClientSecret, EphemeralToken, IceServer, SessionCredentials};
 use crate::config::OrgaConfig;
 use crate::metrics::{CIRCUIT_REJECTED, UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES};
+use crate::outbound::{self, ReadError};
 use reqwest::header::{AUTHORIZATION, HeaderValue};
-use reqwest::{Response, StatusCode, redirect};
+use reqwest::{Response, StatusCode};
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::Arc;
@@ -17,8 +18,6 @@ use std::time::{Duration, Instant};
 
 /// Largest upstream answer read; both documented answers are well under 1 KiB.
 const MAX_UPSTREAM_BODY: usize = 64 * 1024;
-/// Connecting is never allowed more than this, even with a long `orga.timeout`.
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A cheap-to-clone handle on one shared connection pool.
 #[derive(Clone)]
@@ -66,13 +65,7 @@ impl OrgaClient {
             HeaderValue::try_from(format!("Bearer {}", config.api_key.expose()))
                 .map_err(|_| "orga.api_key: not a valid header value".to_string())?;
         api_key_bearer.set_sensitive(true);
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("orga-proxy/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(config.timeout.min(MAX_CONNECT_TIMEOUT))
-            .timeout(config.timeout)
-            .tcp_nodelay(true)
+        let http = outbound::client(config.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -282,27 +275,16 @@ where
 
 /// Reads at most [`MAX_UPSTREAM_BODY`] bytes and parses them. The body never goes
 /// into the error: an upstream could put anything there.
-async fn read_json<T: DeserializeOwned>(
-    call: Call,
-    mut response: Response,
-) -> Result<T, OrgaError> {
-    let too_large = || OrgaError::Malformed {
-        call,
-        reason: format!("answer larger than {MAX_UPSTREAM_BODY} bytes"),
-    };
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_UPSTREAM_BODY as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::with_capacity(1024);
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport(call, e))? {
-        if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
+async fn read_json<T: DeserializeOwned>(call: Call, response: Response) -> Result<T, OrgaError> {
+    let body = outbound::read_capped(response, MAX_UPSTREAM_BODY)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge => OrgaError::Malformed {
+                call,
+                reason: format!("answer larger than {MAX_UPSTREAM_BODY} bytes"),
+            },
+            ReadError::Transport(e) => transport(call, e),
+        })?;
     serde_json::from_slice(&body).map_err(|e| OrgaError::Malformed {
         call,
         // serde_json's message names the position and expected type, never the content.
