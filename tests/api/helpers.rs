@@ -134,3 +134,47 @@ pub async fn error_code(response: reqwest::Response) -> String {
     assert!(error["type"].is_string(), "{body}");
     error["code"].as_str().expect("error.code").to_owned()
 }
+
+/// The client-secrets path on a scripted upstream.
+pub const SECRET_PATH: &str = "/v1/realtime/client-secrets";
+/// The ice-config path on a scripted upstream.
+pub const ICE_PATH: &str = "/v1/realtime/ice-config";
+
+/// A client-secrets success answer.
+pub fn token() -> wiremock::ResponseTemplate {
+    wiremock::ResponseTemplate::new(200)
+        .set_body_json(serde_json::json!({"ephemeral_token": "ek_ok"}))
+}
+
+/// An ice-config success answer.
+pub fn ice() -> wiremock::ResponseTemplate {
+    wiremock::ResponseTemplate::new(200)
+        .set_body_json(serde_json::json!({"iceServers": [{"urls": "stun:s.example:3478"}]}))
+}
+
+/// A wiremock Orga Cloud answering client-secrets with `secret` and ice-config with
+/// `ice` (a success when `None`).
+pub async fn scripted_upstream(
+    secret: wiremock::ResponseTemplate,
+    ice_answer: Option<wiremock::ResponseTemplate>,
+) -> wiremock::MockServer {
+    use wiremock::matchers::{method, path};
+    let upstream = wiremock::MockServer::start().await;
+    wiremock::Mock::given(method("POST"))
+        .and(path(SECRET_PATH))
+        .respond_with(secret)
+        .mount(&upstream)
+        .await;
+    wiremock::Mock::given(method("GET"))
+        .and(path(ICE_PATH))
+        .respond_with(ice_answer.unwrap_or_else(ice))
+        .mount(&upstream)
+        .await;
+    upstream
+}
+
+/// How many requests `upstream` received on `to`.
+pub async fn calls_to(upstream: &wiremock::MockServer, to: &str) -> usize {
+    let requests = upstream.received_requests().await.unwrap();
+    requests.iter().filter(|r| r.url.path() == to).count()
+}

@@ -3,26 +3,8 @@
 
 use crate::gated_upstream::GatedUpstream;
 use crate::helpers::*;
-use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-const SECRET_PATH: &str = "/v1/realtime/client-secrets";
-const ICE_PATH: &str = "/v1/realtime/ice-config";
-
-fn token() -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({"ephemeral_token": "ek_ok"}))
-}
-
-fn ice() -> ResponseTemplate {
-    ResponseTemplate::new(200)
-        .set_body_json(json!({"iceServers": [{"urls": "stun:s.example:3478"}]}))
-}
-
-async fn calls_to(upstream: &MockServer, to: &str) -> usize {
-    let requests = upstream.received_requests().await.unwrap();
-    requests.iter().filter(|r| r.url.path() == to).count()
-}
 
 #[tokio::test]
 async fn ice_config_is_retried_once_after_a_5xx() {
@@ -58,17 +40,7 @@ async fn ice_config_is_retried_once_after_a_5xx() {
 
 #[tokio::test]
 async fn ice_config_is_retried_only_once() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(SECRET_PATH))
-        .respond_with(token())
-        .mount(&upstream)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(ICE_PATH))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&upstream)
-        .await;
+    let upstream = scripted_upstream(token(), Some(ResponseTemplate::new(500))).await;
     let app = spawn_app_against(&upstream.uri(), |_| {}).await;
 
     let response = app.get_credentials().await;
@@ -79,12 +51,7 @@ async fn ice_config_is_retried_only_once() {
 
 #[tokio::test]
 async fn client_secrets_is_not_retried_once_it_reached_orga() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(SECRET_PATH))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&upstream)
-        .await;
+    let upstream = scripted_upstream(ResponseTemplate::new(500), None).await;
     let app = spawn_app_against(&upstream.uri(), |_| {}).await;
 
     let response = app.get_credentials().await;
@@ -98,12 +65,7 @@ async fn client_secrets_is_not_retried_once_it_reached_orga() {
 
 #[tokio::test]
 async fn an_open_circuit_answers_503_with_retry_after_without_calling_orga() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(SECRET_PATH))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&upstream)
-        .await;
+    let upstream = scripted_upstream(ResponseTemplate::new(500), None).await;
     let app = spawn_app_against(&upstream.uri(), |c| {
         c.orga.circuit_breaker_threshold = 2;
         c.orga.circuit_breaker_cooldown = std::time::Duration::from_secs(30);
@@ -140,12 +102,7 @@ async fn an_open_circuit_answers_503_with_retry_after_without_calling_orga() {
 
 #[tokio::test]
 async fn refused_api_keys_do_not_open_the_circuit() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(SECRET_PATH))
-        .respond_with(ResponseTemplate::new(401))
-        .mount(&upstream)
-        .await;
+    let upstream = scripted_upstream(ResponseTemplate::new(401), None).await;
     let app = spawn_app_against(&upstream.uri(), |c| c.orga.circuit_breaker_threshold = 1).await;
     for _ in 0..3 {
         let response = app.get_credentials().await;

@@ -7,33 +7,8 @@ use std::time::Duration;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const SECRET_PATH: &str = "/v1/realtime/client-secrets";
-const ICE_PATH: &str = "/v1/realtime/ice-config";
 /// Put in upstream error bodies; must never reach the client.
 const UPSTREAM_DETAIL: &str = "internal-upstream-detail-xyz";
-
-async fn upstream_answering(secret: ResponseTemplate, ice: Option<ResponseTemplate>) -> MockServer {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(SECRET_PATH))
-        .respond_with(secret)
-        .mount(&upstream)
-        .await;
-    let ice = ice.unwrap_or_else(|| {
-        ResponseTemplate::new(200)
-            .set_body_json(json!({"iceServers": [{"urls": "stun:s.example:3478"}]}))
-    });
-    Mock::given(method("GET"))
-        .and(path(ICE_PATH))
-        .respond_with(ice)
-        .mount(&upstream)
-        .await;
-    upstream
-}
-
-fn token() -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({"ephemeral_token": "ek_ok"}))
-}
 
 /// Calls the proxy and returns (status, code, raw body).
 async fn outcome(app: &TestApp) -> (u16, String, String) {
@@ -51,7 +26,7 @@ async fn outcome(app: &TestApp) -> (u16, String, String) {
 #[tokio::test]
 async fn upstream_401_is_502_upstream_auth_failed_and_ice_is_never_called() {
     let body = json!({"error": {"message": UPSTREAM_DETAIL, "type": "invalid_request_error", "param": null, "code": null}});
-    let upstream = upstream_answering(ResponseTemplate::new(401).set_body_json(body), None).await;
+    let upstream = scripted_upstream(ResponseTemplate::new(401).set_body_json(body), None).await;
     let app = spawn_app_against(&upstream.uri(), |_| {}).await;
     let (status, code, text) = outcome(&app).await;
     assert_eq!((status, code.as_str()), (502, "upstream_auth_failed"));
@@ -62,7 +37,7 @@ async fn upstream_401_is_502_upstream_auth_failed_and_ice_is_never_called() {
 
 #[tokio::test]
 async fn upstream_500_is_502_upstream_error_without_echoing_the_body() {
-    let upstream = upstream_answering(
+    let upstream = scripted_upstream(
         ResponseTemplate::new(500).set_body_string(UPSTREAM_DETAIL),
         None,
     )
@@ -76,7 +51,7 @@ async fn upstream_500_is_502_upstream_error_without_echoing_the_body() {
 #[tokio::test]
 async fn upstream_422_is_502_upstream_error() {
     let body = json!({"detail": [{"loc": ["query", "email"], "msg": UPSTREAM_DETAIL}]});
-    let upstream = upstream_answering(ResponseTemplate::new(422).set_body_json(body), None).await;
+    let upstream = scripted_upstream(ResponseTemplate::new(422).set_body_json(body), None).await;
     let app = spawn_app_against(&upstream.uri(), |_| {}).await;
     let (status, code, text) = outcome(&app).await;
     assert_eq!((status, code.as_str()), (502, "upstream_error"));
@@ -85,7 +60,7 @@ async fn upstream_422_is_502_upstream_error() {
 
 #[tokio::test]
 async fn malformed_json_is_502_upstream_error() {
-    let upstream = upstream_answering(
+    let upstream = scripted_upstream(
         ResponseTemplate::new(200).set_body_string("{not json"),
         None,
     )
@@ -97,7 +72,7 @@ async fn malformed_json_is_502_upstream_error() {
 
 #[tokio::test]
 async fn a_token_missing_from_the_answer_is_502_upstream_error() {
-    let upstream = upstream_answering(
+    let upstream = scripted_upstream(
         ResponseTemplate::new(200).set_body_json(json!({"token": "x"})),
         None,
     )
@@ -109,14 +84,14 @@ async fn a_token_missing_from_the_answer_is_502_upstream_error() {
 #[tokio::test]
 async fn an_oversized_answer_is_refused() {
     let huge = json!({"ephemeral_token": "x".repeat(200 * 1024)});
-    let upstream = upstream_answering(ResponseTemplate::new(200).set_body_json(huge), None).await;
+    let upstream = scripted_upstream(ResponseTemplate::new(200).set_body_json(huge), None).await;
     let app = spawn_app_against(&upstream.uri(), |_| {}).await;
     assert_eq!(outcome(&app).await.1, "upstream_error");
 }
 
 #[tokio::test]
 async fn a_failing_ice_call_fails_the_request_with_no_half_credential() {
-    let upstream = upstream_answering(token(), Some(ResponseTemplate::new(503))).await;
+    let upstream = scripted_upstream(token(), Some(ResponseTemplate::new(503))).await;
     let app = spawn_app_against(&upstream.uri(), |_| {}).await;
     let (status, code, text) = outcome(&app).await;
     assert_eq!((status, code.as_str()), (502, "upstream_error"));
@@ -130,7 +105,7 @@ async fn a_failing_ice_call_fails_the_request_with_no_half_credential() {
 async fn malformed_ice_servers_are_refused() {
     let bad =
         ResponseTemplate::new(200).set_body_json(json!({"iceServers": [{"urls": "http://evil"}]}));
-    let upstream = upstream_answering(token(), Some(bad)).await;
+    let upstream = scripted_upstream(token(), Some(bad)).await;
     let app = spawn_app_against(&upstream.uri(), |_| {}).await;
     assert_eq!(outcome(&app).await.1, "upstream_error");
 }
@@ -138,7 +113,7 @@ async fn malformed_ice_servers_are_refused() {
 #[tokio::test]
 async fn an_upstream_hanging_past_the_timeout_is_504_upstream_timeout() {
     let slow = token().set_delay(Duration::from_secs(5));
-    let upstream = upstream_answering(slow, None).await;
+    let upstream = scripted_upstream(slow, None).await;
     let app = spawn_app_against(&upstream.uri(), |c| {
         c.orga.timeout = Duration::from_millis(300)
     })
@@ -155,7 +130,7 @@ async fn an_upstream_hanging_past_the_timeout_is_504_upstream_timeout() {
 #[tokio::test]
 async fn the_whole_request_deadline_is_504_too() {
     let slow = token().set_delay(Duration::from_secs(5));
-    let upstream = upstream_answering(slow, None).await;
+    let upstream = scripted_upstream(slow, None).await;
     let app = spawn_app_against(&upstream.uri(), |c| {
         c.server.request_timeout = Duration::from_millis(300);
     })
