@@ -68,6 +68,15 @@ fn validation_error(loc: &[&str], msg: &str, kind: &str) -> Response {
     (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
 }
 
+/// The configured latency. Zero skips the timer entirely: tokio rounds even a zero
+/// sleep up to its next 1 ms tick, which would make a "fast" fake cost a millisecond
+/// per call and swamp every benchmark.
+async fn delay(state: &MockState) {
+    if !state.options.latency.is_zero() {
+        tokio::time::sleep(state.options.latency).await;
+    }
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
@@ -89,7 +98,7 @@ async fn client_secrets(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    tokio::time::sleep(state.options.latency).await;
+    delay(&state).await;
     let key_ok = match (bearer(&headers), &state.options.api_key) {
         (Some(key), Some(pinned)) => key == pinned.expose(),
         (Some(key), None) => key.starts_with(API_KEY_PREFIX) && key.len() > API_KEY_PREFIX.len(),
@@ -116,7 +125,7 @@ async fn client_secrets(
 }
 
 async fn ice_config(State(state): State<Arc<MockState>>, headers: HeaderMap) -> Response {
-    tokio::time::sleep(state.options.latency).await;
+    delay(&state).await;
     if !bearer(&headers).is_some_and(|t| token_is_valid(&state, t)) {
         return openai_style_error(StatusCode::UNAUTHORIZED, "Invalid ephemeral token");
     }
