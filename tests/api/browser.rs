@@ -46,25 +46,13 @@ impl Drop for Browser {
     }
 }
 
-fn find_chromedriver() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("chromedriver"))
-        .find(|candidate| candidate.is_file())
-}
-
 /// Starts headless Chromium, or explains loudly why it cannot (failing in CI).
 pub async fn browser(test: &str) -> Option<Browser> {
-    let driver_path = find_chromedriver().filter(|_| std::path::Path::new(CHROMIUM).is_file());
-    let Some(driver_path) = driver_path else {
-        let message = "chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)";
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: {message}; CI must install them"
-        );
-        eprintln!("\n*** SKIPPED browser test {test}: {message} ***\n");
-        return None;
-    };
+    let install = "apt-get install chromium chromium-driver";
+    let driver_path = find_tool("chromedriver", test, install)?;
+    if !std::path::Path::new(CHROMIUM).is_file() {
+        find_tool("chromium", test, install)?;
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

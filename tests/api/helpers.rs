@@ -178,3 +178,31 @@ pub async fn calls_to(upstream: &wiremock::MockServer, to: &str) -> usize {
     let requests = upstream.received_requests().await.unwrap();
     requests.iter().filter(|r| r.url.path() == to).count()
 }
+
+/// True when running under CI (`CI` set and not "false"), where a missing tool fails.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
+/// An executable from PATH. Missing: a failure under CI (which installs it), otherwise a
+/// loud SKIPPED line written straight to the stderr handle (libtest hides the
+/// `eprintln!` output of passing tests) and `None`.
+pub fn find_tool(name: &str, test: &str, install: &str) -> Option<std::path::PathBuf> {
+    use std::io::Write;
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !in_ci(),
+            "{test}: {name} is not installed; CI must install it ({install})"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED {test}: {name} not found in PATH ({install}) ***\n"
+        );
+    }
+    found
+}

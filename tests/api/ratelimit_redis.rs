@@ -2,6 +2,7 @@
 //! 127.0.0.1 port and kills when it ends. Without `redis-server` the tests print a
 //! loud SKIPPED line, except in CI (`CI=true`), where they fail.
 
+use crate::helpers::find_tool;
 use crate::helpers::{TestApp, error_code, spawn_app_with};
 use orga_proxy::config::{Config, Secret};
 use orga_proxy::ratelimit::{Backend, RedisFailure};
@@ -72,23 +73,7 @@ impl Drop for RedisServer {
 
 /// `redis-server` from PATH; in CI its absence is a failure, elsewhere a loud skip.
 fn redis_server_binary(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("redis-server"))
-            .find(|candidate| candidate.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "redis-server is not installed; CI must install it (apt-get install redis-server)"
-        );
-        // Straight to the stderr handle: libtest captures eprintln! of passing tests.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** SKIPPED {test}: redis-server not found in PATH (apt-get install redis-server) ***\n"
-        );
-    }
-    found
+    find_tool("redis-server", test, "apt-get install redis-server")
 }
 
 fn free_port() -> u16 {
