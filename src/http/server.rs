@@ -1,8 +1,11 @@
-//! The accept loop. Each connection is served by hyper with a timer, so a client that
-//! trickles its headers (or holds an idle keep-alive connection) is cut off after
-//! `server.header_read_timeout`: `axum::serve` sets no timer, and such connections
-//! would pile up until file descriptors ran out. Shutdown is graceful: stop accepting,
-//! let in-flight requests finish, close idle connections.
+//! The accept loop. A connection must send its first byte within
+//! `server.header_read_timeout`, and hyper (given a timer, which `axum::serve` does not
+//! set) cuts off a client that trickles its headers or idles between keep-alive
+//! requests for longer; otherwise silent connections would pile up until file
+//! descriptors ran out. HTTP/1 only: browsers speak HTTP/2 only over TLS, which a load
+//! balancer or ingress terminates in front of this service, and plaintext HTTP/2 would
+//! bring its own idle-connection rules. Shutdown is graceful: stop accepting, let
+//! in-flight requests finish, close idle connections.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -31,18 +34,13 @@ pub async fn serve(
     header_read_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEAD_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(header_read_timeout)
-        .keep_alive_timeout(header_read_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -66,12 +64,20 @@ pub async fn serve(
                     request.extensions_mut().insert(ConnectInfo(peer));
                     request
                 });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            // hyper's header timer starts with the first byte: a connection that never
+            // sends one would otherwise be held forever.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_read_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service),
+            );
+            if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%error, "connection closed with an error");
             }
         });

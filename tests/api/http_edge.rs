@@ -121,6 +121,15 @@ async fn a_client_trickling_its_headers_is_cut_off_after_the_header_read_timeout
         closed.is_ok(),
         "the half-sent request still held its connection after 10 s"
     );
+    // A connection that never sends a byte is closed too.
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut nothing = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut nothing)).await;
+    assert!(
+        closed.is_ok(),
+        "a silent connection was still open after 10 s"
+    );
     // The server keeps serving everyone else.
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
