@@ -49,7 +49,7 @@ pub fn app_with_clock(
     config: Arc<Config>,
     clock: ratelimit::LimiterClock,
 ) -> Result<(axum::Router, AppState), String> {
-    metrics::install();
+    metrics::spawn_upkeep();
     let orga = orga::OrgaClient::new(&config.orga)?;
     let origins =
         AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)?;

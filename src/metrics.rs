@@ -182,19 +182,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let handle = install();
-    let upkeep = {
-        let handle = handle.clone();
-        async move {
-            let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
-            loop {
-                interval.tick().await;
-                handle.run_upkeep();
-            }
+    axum::serve(listener, router(handle))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Drains the recorder's histogram buffers on an interval, on the current runtime, until
+/// it ends. Needed whether or not `/metrics` is served: without upkeep every latency
+/// sample is kept, and memory grows with the request count (found in review: about 18
+/// bytes a request with `metrics_listen = ""`).
+pub fn spawn_upkeep() {
+    let handle = install();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            interval.tick().await;
+            handle.run_upkeep();
         }
-    };
-    let server = axum::serve(listener, router(handle)).with_graceful_shutdown(shutdown);
-    tokio::select! {
-        result = server => result,
-        () = upkeep => Ok(()),
-    }
+    });
 }
