@@ -97,7 +97,9 @@ impl RedisConnection {
             manager,
             timeout,
             failure,
-            healthy: AtomicBool::new(false),
+            // Presumed healthy until a call fails, so that first failure is logged
+            // (a wrong host or password would otherwise never say a word).
+            healthy: AtomicBool::new(true),
             ready,
         });
         tokio::spawn(ping_until_dropped(Arc::downgrade(&connection)));
@@ -131,6 +133,11 @@ impl RedisConnection {
         } else {
             Decision::refused(limit, micros(wait_us), micros(reset_us))
         })
+    }
+
+    /// False from a failed call until the pinger gets an answer again.
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
     }
 
     async fn ping(&self) -> Result<(), String> {
@@ -226,10 +233,17 @@ impl<K: Hash + Eq + Clone + Display + Send + Sync + 'static> RedisLimiter<K> {
     /// Spends one request of `key`'s shared budget. `Ok(None)`: admitted without a
     /// decision (fail open); `Err`: Redis failed and the limiter fails closed.
     pub async fn check(&self, key: &K) -> Result<Option<Decision>, ()> {
-        let storage_key = format!("{}{key}", self.prefix);
-        match self.connection.gcra(&storage_key, self.rate).await {
-            Ok(decision) => Ok(Some(decision)),
-            Err(_) => match self.connection.failure {
+        // While Redis is known to be failing, requests do not wait on it (each would
+        // spend up to redis_timeout); the pinger brings it back once it answers.
+        let shared = if self.connection.is_healthy() {
+            let storage_key = format!("{}{key}", self.prefix);
+            self.connection.gcra(&storage_key, self.rate).await.ok()
+        } else {
+            None
+        };
+        match shared {
+            Some(decision) => Ok(Some(decision)),
+            None => match self.connection.failure {
                 RedisFailure::Local => Ok(Some(self.fallback.check(key))),
                 RedisFailure::Open => Ok(None),
                 RedisFailure::Closed => Err(()),
