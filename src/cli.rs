@@ -77,7 +77,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     let path = cli.config.as_deref();
-    match cli.command.unwrap_or(Command::Serve) {
+    let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => match load(path, false) {
             Ok(config) => runtime.block_on(serve(config)),
             Err(code) => code,
@@ -118,7 +118,11 @@ pub fn run(cli: Cli) -> ExitCode {
             });
             runtime.block_on(healthcheck(&url, timeout))
         }
-    }
+    };
+    // Blocking tasks (a DNS lookup that hangs, say) must not hold the exit past the drain
+    // deadline: Docker kills the container 10 s after SIGTERM.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 fn load(path: Option<&std::path::Path>, dev: bool) -> Result<Config, ExitCode> {

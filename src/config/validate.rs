@@ -42,6 +42,18 @@ pub(super) fn validate(config: &Config, dev: bool) -> Vec<String> {
     check("orga.base_url", base_url(&orga.base_url));
     check("orga.timeout", positive(orga.timeout));
     check(
+        "orga.timeout",
+        if orga.timeout >= config.server.request_timeout {
+            Err(format!(
+                "{} must be shorter than server.request_timeout ({}), or the request deadline always fires first and upstream timeouts never reach the circuit breaker",
+                humantime::format_duration(orga.timeout),
+                humantime::format_duration(config.server.request_timeout)
+            ))
+        } else {
+            Ok(())
+        },
+    );
+    check(
         "orga.circuit_breaker_threshold",
         in_range(orga.circuit_breaker_threshold as usize, 0, 1_000),
     );
