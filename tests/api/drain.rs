@@ -31,9 +31,12 @@ async fn connections_refused(addr: SocketAddr) -> bool {
 
 #[tokio::test]
 async fn readiness_answers_503_as_soon_as_shutdown_begins() {
-    let upstream = spawn_mock_upstream(Default::default()).await;
-    let config = Arc::new(test_config(&upstream));
-    let (router, state) = orga_proxy::app(config).unwrap();
+    // A held request keeps the server draining while readiness is probed, so "at once"
+    // is told apart from "once everything has stopped".
+    let upstream = GatedUpstream::start().await;
+    let mut config = test_config(&upstream.url);
+    config.server.shutdown_timeout = Duration::from_secs(30);
+    let (router, state) = orga_proxy::app(Arc::new(config)).unwrap();
     let readyz = || Request::get("/readyz").body(Body::empty()).unwrap();
     assert_eq!(
         router.clone().oneshot(readyz()).await.unwrap().status(),
@@ -41,6 +44,7 @@ async fn readiness_answers_503_as_soon_as_shutdown_begins() {
     );
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(orga_proxy::serve(
         router.clone(),
@@ -50,15 +54,29 @@ async fn readiness_answers_503_as_soon_as_shutdown_begins() {
             let _ = rx.await;
         },
     ));
+    let in_flight = tokio::spawn({
+        let client = client();
+        async move {
+            let url = format!("http://{addr}/api/orga/credentials");
+            client.get(url).send().await.map(|r| r.status().as_u16())
+        }
+    });
+    upstream.arrived().await;
     tx.send(()).unwrap();
-    tokio::time::timeout(HANG_GUARD, server)
-        .await
-        .expect("an idle server stops at once")
-        .unwrap()
-        .unwrap();
 
-    let response = router.oneshot(readyz()).await.unwrap();
+    let deadline = Instant::now() + HANG_GUARD;
+    let response = loop {
+        let response = router.clone().oneshot(readyz()).await.unwrap();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        !server.is_finished(),
+        "readiness turned 503 while the drain was still running"
+    );
     assert!(response.headers().contains_key("retry-after"));
     let body = axum::body::to_bytes(response.into_body(), 4096)
         .await
@@ -66,6 +84,14 @@ async fn readiness_answers_503_as_soon_as_shutdown_begins() {
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["reasons"], serde_json::json!(["draining"]));
     assert_eq!(body["error"]["code"], "unavailable");
+
+    upstream.release(1);
+    assert_eq!(in_flight.await.unwrap().unwrap(), 200);
+    tokio::time::timeout(HANG_GUARD, server)
+        .await
+        .expect("the server stops once the request is done")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -138,6 +164,8 @@ async fn a_request_slower_than_the_drain_deadline_does_not_keep_the_server_alive
 async fn a_client_that_sent_half_a_request_does_not_keep_the_server_alive() {
     let mut app = spawn_app_with(|c| {
         c.server.shutdown_timeout = Duration::from_millis(200);
+        // Long, so only the drain deadline can be what ends the stalled connection.
+        c.server.header_read_timeout = Duration::from_secs(120);
     })
     .await;
     let mut stalled = TcpStream::connect(app.addr).await.unwrap();
@@ -158,6 +186,7 @@ async fn a_client_that_sent_half_a_request_does_not_keep_the_server_alive() {
 
     app.begin_shutdown();
     let handle = &mut app.handle;
+    // Well under the 120 s header timeout: the 200 ms drain deadline did it.
     tokio::time::timeout(HANG_GUARD, handle)
         .await
         .expect("the drain deadline ends the server")

@@ -244,7 +244,7 @@ async fn failing_open_admits_without_headers_while_redis_is_down() {
 }
 
 #[tokio::test]
-async fn the_redis_url_password_never_reaches_the_logs_or_check_config() {
+async fn the_redis_url_password_never_reaches_debug_output_or_check_config() {
     let mut config = Config::default();
     redis_backend(
         "redis://:hunter2-canary@127.0.0.1:1/0",
