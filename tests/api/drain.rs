@@ -18,6 +18,17 @@ use tower::ServiceExt;
 /// Generous bound for "the server stops by itself": only a hang trips it.
 const HANG_GUARD: Duration = Duration::from_secs(20);
 
+/// Starts a credentials request and returns once the gated upstream holds it.
+async fn hold_a_request(
+    app: &TestApp,
+    upstream: &GatedUpstream,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let (client, url) = (app.client.clone(), app.url(&app.credentials_path));
+    let in_flight = tokio::spawn(async move { client.get(url).send().await });
+    upstream.arrived().await;
+    in_flight
+}
+
 /// Waits (boundedly) until a new TCP connection to `addr` is refused.
 async fn connections_refused(addr: SocketAddr) -> bool {
     for _ in 0..500 {
@@ -101,10 +112,7 @@ async fn in_flight_requests_finish_while_new_connections_are_refused() {
         c.server.shutdown_timeout = Duration::from_secs(30);
     })
     .await;
-    let url = app.url(&app.credentials_path);
-    let client = app.client.clone();
-    let in_flight = tokio::spawn(async move { client.get(url).send().await });
-    upstream.arrived().await;
+    let in_flight = hold_a_request(&app, &upstream).await;
 
     app.begin_shutdown();
     assert!(
@@ -137,10 +145,7 @@ async fn a_request_slower_than_the_drain_deadline_does_not_keep_the_server_alive
         c.server.shutdown_timeout = Duration::from_millis(200);
     })
     .await;
-    let url = app.url(&app.credentials_path);
-    let client = app.client.clone();
-    let in_flight = tokio::spawn(async move { client.get(url).send().await });
-    upstream.arrived().await;
+    let in_flight = hold_a_request(&app, &upstream).await;
 
     app.begin_shutdown();
     let handle = &mut app.handle;
