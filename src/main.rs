@@ -6,3 +6,6 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     orga_proxy::cli::run(orga_proxy::cli::Cli::parse())
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
