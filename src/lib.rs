@@ -69,6 +69,7 @@ pub fn app_with_clock(
         pool::CredentialPool::start(&config.pool, mint)
     });
     let readiness = Arc::new(Readiness::default());
+    let config_limit = config.server.concurrency_limit;
     let origins = Arc::new(origins);
     let authenticator = auth::Authenticator::new(
         &config.auth,
@@ -84,8 +85,10 @@ pub fn app_with_clock(
         rate_limit,
         authenticator,
         pool,
+        origins,
+        shed: http::overload::ConcurrencyLimit::new(config_limit),
     };
-    Ok((http::router(state.clone(), origins), state))
+    Ok((http::router(state.clone()), state))
 }
 
 /// Serves the proxy on `listener` until `shutdown` resolves, then drains: readiness
@@ -108,10 +111,10 @@ pub async fn run_with_metrics(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (router, state) = app(config.clone()).map_err(std::io::Error::other)?;
+    let (_, state) = app(config.clone()).map_err(std::io::Error::other)?;
     let metrics_server = metrics_listener
         .map(|listener| tokio::spawn(metrics::serve(listener, std::future::pending())));
-    let result = serve(router, state, listener, shutdown).await;
+    let result = serve_on_workers(state, listener, shutdown).await;
     if let Some(task) = metrics_server {
         // Stopped outright rather than drained: a scraper holding a keep-alive
         // connection must not keep the process alive past the drain deadline.
@@ -120,9 +123,39 @@ pub async fn run_with_metrics(
     result
 }
 
-/// Serves an already-built router (see [`app`]) with graceful drain.
+/// Serves an already-built router (see [`app`]) on the current runtime, with graceful
+/// drain.
 pub async fn serve(
     router: axum::Router,
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(Routers::Here(router), state, listener, shutdown).await
+}
+
+/// As [`serve`], on `server.workers` threads of their own (see [`http::server`]), each
+/// with a router over [`AppState::for_worker`]; what `run` uses.
+pub async fn serve_on_workers(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let routers = (0..state.config.server.worker_threads())
+        .map(|_| state.for_worker().map(http::router))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(std::io::Error::other)?;
+    serve_with(Routers::Workers(routers), state, listener, shutdown).await
+}
+
+/// Where connections are served: on the caller's runtime, or one thread per router.
+enum Routers {
+    Here(axum::Router),
+    Workers(Vec<axum::Router>),
+}
+
+async fn serve_with(
+    routers: Routers,
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -137,12 +170,24 @@ pub async fn serve(
         let _ = draining_tx.send(true);
     };
     let (cut_tx, cutoff) = http::drain::cutoff();
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        cutoff,
-        http::drain::cut_at_deadline,
-    ));
+    let cut = |router: axum::Router| {
+        router.layer(axum::middleware::from_fn_with_state(
+            cutoff.clone(),
+            http::drain::cut_at_deadline,
+        ))
+    };
     let header_read_timeout = state.config.server.header_read_timeout;
-    let server = http::server::serve(listener, router, header_read_timeout, signal);
+    let server = async move {
+        match routers {
+            Routers::Here(router) => {
+                http::server::serve(listener, cut(router), header_read_timeout, signal).await
+            }
+            Routers::Workers(routers) => {
+                let routers = routers.into_iter().map(cut).collect();
+                http::server::serve_on_workers(listener, routers, header_read_timeout, signal).await
+            }
+        }
+    };
     let hard_stop = async move {
         if draining_rx.wait_for(|draining| *draining).await.is_err() {
             // The signal future is gone only when the server has already returned.

@@ -1,6 +1,8 @@
 //! `AppState`: the cheap handles every handler and middleware shares, and `Readiness`.
 
 use crate::config::Config;
+use crate::http::cors::AllowedOrigins;
+use crate::http::overload::ConcurrencyLimit;
 use crate::orga::OrgaClient;
 use crate::pool::CredentialPool;
 use crate::ratelimit::RateLimit;
@@ -22,6 +24,22 @@ pub struct AppState {
     pub pool: Option<CredentialPool>,
     /// Checks callers of the credentials route (`auth.mode`).
     pub authenticator: crate::auth::Authenticator,
+    /// The origins CORS allows (`cors.allowed_origins`).
+    pub origins: Arc<AllowedOrigins>,
+    /// The `server.concurrency_limit` budget, shared by every worker's router.
+    pub shed: ConcurrencyLimit,
+}
+
+impl AppState {
+    /// The same state with its own upstream connection pool, for one worker thread:
+    /// a worker then never waits on a connection task living on another thread. The
+    /// circuit breaker, limits and everything else stay shared.
+    pub fn for_worker(&self) -> Result<Self, String> {
+        Ok(Self {
+            orga: self.orga.with_own_connections()?,
+            ..self.clone()
+        })
+    }
 }
 
 /// What `/readyz` reports: not ready while draining, or while any registered

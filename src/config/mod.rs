@@ -66,6 +66,19 @@ pub struct ServerConfig {
     /// Credentials requests handled at once; past it new ones are refused at once with
     /// 503 `unavailable` and `Retry-After` instead of queueing.
     pub concurrency_limit: usize,
+    /// Threads serving connections, each with its own single-threaded runtime and
+    /// upstream connection pool; `0` means one per CPU core available to the process.
+    pub workers: usize,
+}
+
+impl ServerConfig {
+    /// `workers`, with `0` resolved to the cores available (cgroup quotas included).
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -78,6 +91,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(8),
             concurrency_limit: 1024,
+            workers: 0,
         }
     }
 }

@@ -27,6 +27,7 @@ pub(super) fn validate(config: &Config, dev: bool) -> Vec<String> {
         "server.concurrency_limit",
         in_range(server.concurrency_limit, 1, 100_000),
     );
+    check("server.workers", in_range(server.workers, 0, 1024));
     check(
         "server.credentials_path",
         credentials_path(&server.credentials_path),
@@ -315,6 +316,24 @@ mod tests {
         assert!(metrics_listen("127.0.0.1:9090", "0.0.0.0:8080").is_ok());
         assert!(metrics_listen("0.0.0.0:8080", "0.0.0.0:8080").is_err());
         assert!(metrics_listen("9090", "0.0.0.0:8080").is_err());
+    }
+
+    #[test]
+    fn workers_default_to_the_cores_and_an_absurd_count_is_refused() {
+        let mut config = Config::default();
+        assert!(
+            config.server.worker_threads() >= 1,
+            "0 resolves to the cores"
+        );
+        config.server.workers = 3;
+        assert_eq!(config.server.worker_threads(), 3);
+        assert!(validate(&config, true).is_empty());
+        config.server.workers = 5000;
+        let problems = validate(&config, true).join("\n");
+        assert!(
+            problems.contains("server.workers (ORGA_PROXY_SERVER__WORKERS)"),
+            "{problems}"
+        );
     }
 
     #[test]

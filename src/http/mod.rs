@@ -6,7 +6,7 @@ pub mod drain;
 mod health;
 mod limits;
 mod observe;
-mod overload;
+pub(crate) mod overload;
 pub mod request_id;
 pub mod server;
 
@@ -36,8 +36,8 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 /// its own layers, outermost first: the per-client rate limit, auth, the per-subject
 /// limit, then load shedding past `server.concurrency_limit` (so refused callers hold no
 /// slot). Health, readiness and CORS preflights never reach them.
-pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
-    let shed = overload::ConcurrencyLimit::new(state.config.server.concurrency_limit);
+pub fn router(state: AppState) -> Router {
+    let shed = state.shed.clone();
     // HEAD is refused explicitly: axum would otherwise run the GET handler for it and
     // mint a billable token whose body is thrown away (a monitoring probe would burn quota).
     // A route layer wraps the ones added before it: the last added runs first.
@@ -79,7 +79,7 @@ pub fn router(state: AppState, origins: Arc<cors::AllowedOrigins>) -> Router {
                 .on_response(on_response)
                 .on_failure(()),
         )
-        .layer(from_fn_with_state(origins, cors::cors))
+        .layer(from_fn_with_state(state.origins.clone(), cors::cors))
         .layer(from_fn_with_state(state.clone(), limits::limits));
 
     Router::new()

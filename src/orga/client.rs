@@ -47,6 +47,14 @@ pub struct UpstreamTimings {
     pub ice_config: Duration,
 }
 
+/// One connection pool to Orga; connections idle for a minute are closed.
+fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    outbound::client(timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
 impl OrgaClient {
     /// Builds the client from validated configuration.
     pub fn new(config: &OrgaConfig) -> Result<Self, String> {
@@ -65,13 +73,9 @@ impl OrgaClient {
             HeaderValue::try_from(format!("Bearer {}", config.api_key.expose()))
                 .map_err(|_| "orga.api_key: not a valid header value".to_string())?;
         api_key_bearer.set_sensitive(true);
-        let http = outbound::client(config.timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                http,
+                http: http_client(config.timeout)?,
                 client_secrets_url: parse(&client_secrets_url)?,
                 ice_config_url: parse(&format!("{base}/v1/realtime/ice-config"))?,
                 api_key_bearer,
@@ -81,6 +85,24 @@ impl OrgaClient {
                     config.circuit_breaker_cooldown,
                     clock,
                 ),
+            }),
+        })
+    }
+
+    /// The same client (same breaker, same targets) with a connection pool of its own.
+    /// Each serving thread takes one (see [`crate::AppState::for_worker`]): a request
+    /// whose pooled connection was opened on another thread would wake that thread
+    /// twice per call.
+    pub fn with_own_connections(&self) -> Result<Self, String> {
+        let inner = &self.inner;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http: http_client(inner.timeout)?,
+                client_secrets_url: inner.client_secrets_url.clone(),
+                ice_config_url: inner.ice_config_url.clone(),
+                api_key_bearer: inner.api_key_bearer.clone(),
+                timeout: inner.timeout,
+                breaker: inner.breaker.clone(),
             }),
         })
     }

@@ -103,6 +103,16 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
 
 /// The proxy against any upstream (a wiremock server, a closed port...).
 pub async fn spawn_app_against(base_url: &str, customize: impl FnOnce(&mut Config)) -> TestApp {
+    spawn(base_url, customize, false).await
+}
+
+/// As [`spawn_app_against`], served the way the binary serves: on `server.workers`
+/// threads of their own rather than on the test's runtime.
+pub async fn spawn_app_on_workers(base_url: &str, customize: impl FnOnce(&mut Config)) -> TestApp {
+    spawn(base_url, customize, true).await
+}
+
+async fn spawn(base_url: &str, customize: impl FnOnce(&mut Config), on_workers: bool) -> TestApp {
     let mut config = test_config(base_url);
     customize(&mut config);
     let credentials_path = config.server.credentials_path.clone();
@@ -110,9 +120,18 @@ pub async fn spawn_app_against(base_url: &str, customize: impl FnOnce(&mut Confi
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let (router, state) = orga_proxy::app(config.into()).expect("the test config is valid");
-    let handle = tokio::spawn(orga_proxy::serve(router, state.clone(), listener, async {
+    let shutdown = async {
         let _ = rx.await;
-    }));
+    };
+    let handle = if on_workers {
+        tokio::spawn(orga_proxy::serve_on_workers(
+            state.clone(),
+            listener,
+            shutdown,
+        ))
+    } else {
+        tokio::spawn(orga_proxy::serve(router, state.clone(), listener, shutdown))
+    };
     TestApp {
         addr,
         client: client(),

@@ -17,3 +17,4 @@ mod ratelimit;
 mod ratelimit_redis;
 mod resilience;
 mod upstream_errors;
+mod workers;

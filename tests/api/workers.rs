@@ -1,0 +1,86 @@
+//! Serving on worker threads (`server.workers`), as the binary does: every thread
+//! answers, the limits stay shared across threads, and a drain waits for all of them.
+
+use crate::gated_upstream::GatedUpstream;
+use crate::helpers::{client, error_code, spawn_app_on_workers, spawn_mock_upstream};
+use orga_proxy::orga::mock::MockOptions;
+use std::collections::HashSet;
+use std::time::Duration;
+
+#[tokio::test]
+async fn concurrent_connections_across_workers_each_get_a_fresh_credential() {
+    let upstream = spawn_mock_upstream(MockOptions::default()).await;
+    let app = spawn_app_on_workers(&upstream, |c| c.server.workers = 3).await;
+    let url = app.url(&app.credentials_path);
+    // A client each, so every request is a connection of its own, spread over the threads.
+    let requests = (0..30).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { client().get(url).send().await.unwrap() })
+    });
+    let mut tokens = HashSet::new();
+    for request in requests {
+        let response = request.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        let token = body["ephemeralToken"].as_str().expect("a token").to_owned();
+        assert!(tokens.insert(token), "no credential is handed out twice");
+    }
+    assert_eq!(tokens.len(), 30);
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_is_one_budget_for_all_workers() {
+    let upstream = GatedUpstream::start().await;
+    let app = spawn_app_on_workers(&upstream.url, |c| {
+        c.server.workers = 2;
+        c.server.concurrency_limit = 1;
+    })
+    .await;
+    let url = app.url(&app.credentials_path);
+    let held = tokio::spawn(async move { client().get(url).send().await });
+    upstream.arrived().await;
+
+    // A new connection goes to the thread with fewer open connections: the other one.
+    let shed = client()
+        .get(app.url(&app.credentials_path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        shed.status(),
+        503,
+        "the slot taken on one thread counts on the other"
+    );
+    assert_eq!(error_code(shed).await, "unavailable");
+
+    upstream.release(1);
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_drain_on_workers_finishes_the_request_in_flight_then_returns() {
+    let upstream = GatedUpstream::start().await;
+    let mut app = spawn_app_on_workers(&upstream.url, |c| c.server.workers = 2).await;
+    let url = app.url(&app.credentials_path);
+    let in_flight = tokio::spawn(async move { client().get(url).send().await });
+    upstream.arrived().await;
+
+    app.begin_shutdown();
+    let ready = client().get(app.url("/readyz")).send().await;
+    assert!(
+        ready.is_err() || ready.unwrap().status() == 503,
+        "a draining server is not ready, or no longer accepts"
+    );
+    assert!(
+        !app.handle.is_finished(),
+        "the server waits for the request"
+    );
+
+    upstream.release(1);
+    let response = in_flight.await.unwrap().expect("the request is answered");
+    assert_eq!(response.status(), 200);
+    let served = tokio::time::timeout(Duration::from_secs(5), &mut app.handle)
+        .await
+        .expect("the server returns once every thread has drained");
+    served.unwrap().unwrap();
+}
