@@ -3,8 +3,11 @@
 //! loud SKIPPED line, except in CI (`CI=true`), where they fail.
 
 use crate::helpers::find_tool;
-use crate::helpers::{TestApp, error_code, spawn_app_with};
+use crate::helpers::{
+    TestApp, error_code, spawn_app_on_workers, spawn_app_with, spawn_mock_upstream,
+};
 use orga_proxy::config::{Config, Secret};
+use orga_proxy::orga::mock::MockOptions;
 use orga_proxy::ratelimit::{Backend, RedisFailure};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -128,7 +131,11 @@ async fn two_proxy_instances_share_one_budget() {
         return;
     };
     let a = spawn_app_with(redis_backend(&redis.url(), RedisFailure::Closed)).await;
-    let b = spawn_app_with(redis_backend(&redis.url(), RedisFailure::Closed)).await;
+    // The second one serves on worker threads, as the binary does: the Redis connection
+    // made on the main runtime answers requests running on the workers' runtimes.
+    let upstream = spawn_mock_upstream(MockOptions::default()).await;
+    let b =
+        spawn_app_on_workers(&upstream, redis_backend(&redis.url(), RedisFailure::Closed)).await;
     wait_for_readiness(&a, 200).await;
     wait_for_readiness(&b, 200).await;
     for (app, left) in [(&a, "3"), (&b, "2"), (&a, "1"), (&b, "0")] {

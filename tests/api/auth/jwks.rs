@@ -5,9 +5,12 @@ use super::{
     JwksServer, TestKey, assert_unauthorized, claims, ec_key, ed_key, get_with_bearer, rsa_key,
     wait_until_ready,
 };
-use crate::helpers::{TestApp, error_code, spawn_app_with};
+use crate::helpers::{
+    TestApp, error_code, spawn_app_on_workers, spawn_app_with, spawn_mock_upstream,
+};
 use axum::http::HeaderMap;
 use orga_proxy::auth::{AuthConfig, AuthError, AuthMode, Authenticator, ManualClock};
+use orga_proxy::orga::mock::MockOptions;
 use orga_proxy::state::Readiness;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,6 +18,19 @@ use std::time::{Duration, SystemTime};
 async fn app_for(idp: &JwksServer) -> TestApp {
     let url = idp.url.clone();
     spawn_app_with(move |config| {
+        config.auth.mode = AuthMode::Jwt;
+        config.auth.jwt.jwks_url = url;
+    })
+    .await
+}
+
+/// As [`app_for`], served on worker threads like the binary: the key cache and its
+/// single-flight refresh are shared by requests on different threads.
+async fn app_on_workers_for(idp: &JwksServer) -> TestApp {
+    let url = idp.url.clone();
+    let upstream = spawn_mock_upstream(MockOptions::default()).await;
+    spawn_app_on_workers(&upstream, move |config| {
+        config.server.workers = 2;
         config.auth.mode = AuthMode::Jwt;
         config.auth.jwt.jwks_url = url;
     })
@@ -73,7 +89,7 @@ async fn a_new_kid_after_key_rotation_is_accepted_without_restart() {
 async fn fifty_concurrent_unknown_kids_cause_at_most_one_jwks_fetch() {
     let key = ec_key();
     let idp = JwksServer::start(vec![key.jwk_with_kid("real")]).await;
-    let app = Arc::new(app_for(&idp).await);
+    let app = Arc::new(app_on_workers_for(&idp).await);
     wait_until_ready(&app).await;
     let before = idp.hits();
 
