@@ -226,9 +226,17 @@ impl Worker {
     }
 }
 
-/// Hands the connection to the live worker with the fewest open connections.
+/// Hands the connection to the live worker with the fewest open connections. Fails
+/// only when no worker is left.
 fn dispatch(workers: &mut Vec<Worker>, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-    let mut stream = stream.into_std()?;
+    let mut stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            // This one connection is lost; the server goes on.
+            tracing::warn!(%error, "cannot hand a connection to a serving thread");
+            return Ok(());
+        }
+    };
     loop {
         let Some((index, worker)) = workers
             .iter()
