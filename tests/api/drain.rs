@@ -2,7 +2,7 @@
 //! requests finish, and the server returns by `server.shutdown_timeout` even when a
 //! client hangs. Also the real binary on SIGTERM.
 
-use crate::gated_upstream::GatedUpstream;
+use crate::gated_upstream::{GatedUpstream, hold_a_request};
 use crate::helpers::*;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -17,17 +17,6 @@ use tower::ServiceExt;
 
 /// Generous bound for "the server stops by itself": only a hang trips it.
 const HANG_GUARD: Duration = Duration::from_secs(20);
-
-/// Starts a credentials request and returns once the gated upstream holds it.
-async fn hold_a_request(
-    app: &TestApp,
-    upstream: &GatedUpstream,
-) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
-    let (client, url) = (app.client.clone(), app.url(&app.credentials_path));
-    let in_flight = tokio::spawn(async move { client.get(url).send().await });
-    upstream.arrived().await;
-    in_flight
-}
 
 /// Waits (boundedly) until a new TCP connection to `addr` is refused.
 async fn connections_refused(addr: SocketAddr) -> bool {

@@ -1,6 +1,7 @@
 //! A fake Orga Cloud that holds every client-secrets call until the test lets it go,
 //! so tests can act while a request is provably in flight, without sleeping.
 
+use crate::helpers::TestApp;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -67,6 +68,17 @@ impl GatedUpstream {
     pub fn release(&self, n: usize) {
         self.gate.add_permits(n);
     }
+}
+
+/// Starts a credentials request on `app` and returns once `upstream` holds it.
+pub async fn hold_a_request(
+    app: &TestApp,
+    upstream: &GatedUpstream,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let (client, url) = (app.client.clone(), app.url(&app.credentials_path));
+    let in_flight = tokio::spawn(async move { client.get(url).send().await });
+    upstream.arrived().await;
+    in_flight
 }
 
 async fn client_secrets(State(shared): State<Shared>) -> axum::Json<serde_json::Value> {

@@ -1,7 +1,7 @@
 //! Upstream resilience and overload: one safe retry, the circuit breaker, and load
 //! shedding past `server.concurrency_limit`.
 
-use crate::gated_upstream::GatedUpstream;
+use crate::gated_upstream::{GatedUpstream, hold_a_request};
 use crate::helpers::*;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -115,10 +115,7 @@ async fn refused_api_keys_do_not_open_the_circuit() {
 async fn requests_past_the_concurrency_limit_are_shed_at_once_with_503() {
     let upstream = GatedUpstream::start().await;
     let app = spawn_app_against(&upstream.url, |c| c.server.concurrency_limit = 1).await;
-    let url = app.url(&app.credentials_path);
-    let client = app.client.clone();
-    let first = tokio::spawn(async move { client.get(url).send().await });
-    upstream.arrived().await;
+    let first = hold_a_request(&app, &upstream).await;
 
     let shed = app.get_credentials().await;
     assert_eq!(shed.status(), 503);

@@ -1,7 +1,7 @@
 //! Serving on worker threads (`server.workers`), as the binary does: every thread
 //! answers, the limits stay shared across threads, and a drain waits for all of them.
 
-use crate::gated_upstream::GatedUpstream;
+use crate::gated_upstream::{GatedUpstream, hold_a_request};
 use crate::helpers::{client, error_code, spawn_app_on_workers, spawn_mock_upstream};
 use orga_proxy::orga::mock::MockOptions;
 use std::collections::HashSet;
@@ -36,9 +36,7 @@ async fn the_concurrency_limit_is_one_budget_for_all_workers() {
         c.server.concurrency_limit = 1;
     })
     .await;
-    let url = app.url(&app.credentials_path);
-    let held = tokio::spawn(async move { client().get(url).send().await });
-    upstream.arrived().await;
+    let held = hold_a_request(&app, &upstream).await;
 
     // A new connection goes to the thread with fewer open connections: the other one.
     let shed = client()
@@ -61,9 +59,7 @@ async fn the_concurrency_limit_is_one_budget_for_all_workers() {
 async fn a_drain_on_workers_finishes_the_request_in_flight_then_returns() {
     let upstream = GatedUpstream::start().await;
     let mut app = spawn_app_on_workers(&upstream.url, |c| c.server.workers = 2).await;
-    let url = app.url(&app.credentials_path);
-    let in_flight = tokio::spawn(async move { client().get(url).send().await });
-    upstream.arrived().await;
+    let in_flight = hold_a_request(&app, &upstream).await;
 
     app.begin_shutdown();
     let ready = client().get(app.url("/readyz")).send().await;
