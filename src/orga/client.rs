@@ -1,16 +1,18 @@
 //! `OrgaClient`: the two upstream calls the official Node SDK makes, built from scratch
 //! (no client header forwarded), with explicit timeouts, no redirects, no system
 //! proxy and a cap on the answer size; behind a circuit breaker, with one retry where
-//! a retry is safe (see [`OrgaClient::session_credentials`]).
+//! a retry is safe (see [`OrgaClient::session_credentials`]). The HTTP itself is in
+//! [`super::transport`].
 
 use super::breaker::{CircuitBreaker, CircuitState, Clock, SystemClock};
 use super::error::{Call, OrgaError};
+use super::transport::{self, Transport, TransportError};
 use super::types::{ClientSecret, EphemeralToken, IceServer, SessionCredentials};
 use crate::config::OrgaConfig;
 use crate::metrics::{CIRCUIT_REJECTED, UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES};
-use crate::outbound::{self, ReadError};
-use reqwest::header::{AUTHORIZATION, HeaderValue};
-use reqwest::{Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Response, StatusCode, Uri};
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::Arc;
@@ -26,10 +28,10 @@ pub struct OrgaClient {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    http: Transport,
     /// `POST` target with the encoded `email` query already in place.
-    client_secrets_url: reqwest::Url,
-    ice_config_url: reqwest::Url,
+    client_secrets_url: Uri,
+    ice_config_url: Uri,
     /// `Bearer <api key>`, marked sensitive so no `Debug` of the request shows it.
     api_key_bearer: HeaderValue,
     /// `orga.timeout`: the most one attempt may take.
@@ -47,14 +49,6 @@ pub struct UpstreamTimings {
     pub ice_config: Duration,
 }
 
-/// One connection pool to Orga; connections idle for a minute are closed.
-fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    outbound::client(timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
-
 impl OrgaClient {
     /// Builds the client from validated configuration.
     pub fn new(config: &OrgaConfig) -> Result<Self, String> {
@@ -68,14 +62,18 @@ impl OrgaClient {
             "{base}/v1/realtime/client-secrets?email={}",
             encode_uri_component(&config.user_email)
         );
-        let parse = |u: &str| reqwest::Url::parse(u).map_err(|e| format!("orga.base_url: {e}"));
+        // url normalizes and percent-encodes what http's stricter parser would refuse.
+        let parse = |u: &str| {
+            let url = url::Url::parse(u).map_err(|e| format!("orga.base_url: {e}"))?;
+            Uri::try_from(url.as_str()).map_err(|e| format!("orga.base_url: {e}"))
+        };
         let mut api_key_bearer =
             HeaderValue::try_from(format!("Bearer {}", config.api_key.expose()))
                 .map_err(|_| "orga.api_key: not a valid header value".to_string())?;
         api_key_bearer.set_sensitive(true);
         Ok(Self {
             inner: Arc::new(Inner {
-                http: http_client(config.timeout)?,
+                http: Transport::new(config.timeout)?,
                 client_secrets_url: parse(&client_secrets_url)?,
                 ice_config_url: parse(&format!("{base}/v1/realtime/ice-config"))?,
                 api_key_bearer,
@@ -97,7 +95,7 @@ impl OrgaClient {
         let inner = &self.inner;
         Ok(Self {
             inner: Arc::new(Inner {
-                http: http_client(inner.timeout)?,
+                http: Transport::new(inner.timeout)?,
                 client_secrets_url: inner.client_secrets_url.clone(),
                 ice_config_url: inner.ice_config_url.clone(),
                 api_key_bearer: inner.api_key_bearer.clone(),
@@ -167,84 +165,84 @@ impl OrgaClient {
 
     /// `POST /v1/realtime/client-secrets?email=...` with the API key as Bearer, no body.
     /// One attempt, no breaker.
-    pub async fn client_secret(&self) -> Result<ClientSecret, OrgaError> {
-        self.client_secret_attempt(self.inner.timeout).await
-    }
-
     async fn client_secret_attempt(&self, timeout: Duration) -> Result<ClientSecret, OrgaError> {
         let call = Call::ClientSecret;
-        let response = self
-            .inner
-            .http
-            .post(self.inner.client_secrets_url.clone())
-            .header(AUTHORIZATION, self.inner.api_key_bearer.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| transport(call, e))?;
-        match response.status() {
-            s if s.is_success() => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(OrgaError::Auth {
-                    call,
-                    status: response.status().as_u16(),
-                });
+        let mut request = transport::request(Method::POST, &self.inner.client_secrets_url);
+        let headers = request.headers_mut();
+        headers.insert(AUTHORIZATION, self.inner.api_key_bearer.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        within(call, timeout, async {
+            let response = self.inner.http.send(request).await;
+            let response = response.map_err(|e| transport_failure(call, e))?;
+            match response.status() {
+                s if s.is_success() => {}
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    return Err(OrgaError::Auth {
+                        call,
+                        status: response.status().as_u16(),
+                    });
+                }
+                s => {
+                    return Err(OrgaError::Status {
+                        call,
+                        status: s.as_u16(),
+                    });
+                }
             }
-            s => {
-                return Err(OrgaError::Status {
-                    call,
-                    status: s.as_u16(),
-                });
-            }
-        }
-        let secret: ClientSecret = read_json(call, response).await?;
-        secret
-            .validate()
-            .map_err(|reason| OrgaError::Malformed { call, reason })?;
-        Ok(secret)
+            let secret: ClientSecret = read_json(call, response).await?;
+            secret
+                .validate()
+                .map_err(|reason| OrgaError::Malformed { call, reason })?;
+            Ok(secret)
+        })
+        .await
     }
 
     /// `GET /v1/realtime/ice-config` with the freshly minted token as Bearer.
     /// One attempt, no breaker.
-    pub async fn ice_config(&self, token: &EphemeralToken) -> Result<Vec<IceServer>, OrgaError> {
-        self.ice_config_attempt(token, self.inner.timeout).await
-    }
-
     async fn ice_config_attempt(
         &self,
         token: &EphemeralToken,
         timeout: Duration,
     ) -> Result<Vec<IceServer>, OrgaError> {
         let call = Call::IceConfig;
-        let response = self
-            .inner
-            .http
-            .get(self.inner.ice_config_url.clone())
-            .header(AUTHORIZATION, token.bearer())
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| transport(call, e))?;
-        if !response.status().is_success() {
-            return Err(OrgaError::Status {
-                call,
-                status: response.status().as_u16(),
-            });
-        }
-        #[derive(serde::Deserialize)]
-        struct IceConfig {
-            #[serde(rename = "iceServers")]
-            ice_servers: Vec<IceServer>,
-        }
-        let config: IceConfig = read_json(call, response).await?;
-        for server in &config.ice_servers {
-            server
-                .validate()
-                .map_err(|reason| OrgaError::Malformed { call, reason })?;
-        }
-        Ok(config.ice_servers)
+        let mut request = transport::request(Method::GET, &self.inner.ice_config_url);
+        request.headers_mut().insert(AUTHORIZATION, token.bearer());
+        within(call, timeout, async {
+            let response = self.inner.http.send(request).await;
+            let response = response.map_err(|e| transport_failure(call, e))?;
+            if !response.status().is_success() {
+                return Err(OrgaError::Status {
+                    call,
+                    status: response.status().as_u16(),
+                });
+            }
+            #[derive(serde::Deserialize)]
+            struct IceConfig {
+                #[serde(rename = "iceServers")]
+                ice_servers: Vec<IceServer>,
+            }
+            let config: IceConfig = read_json(call, response).await?;
+            for server in &config.ice_servers {
+                server
+                    .validate()
+                    .map_err(|reason| OrgaError::Malformed { call, reason })?;
+            }
+            Ok(config.ice_servers)
+        })
+        .await
     }
+}
+
+/// Runs one attempt of `call`, sending, reading and parsing, within `timeout`.
+async fn within<T>(
+    call: Call,
+    timeout: Duration,
+    attempt: impl Future<Output = Result<T, OrgaError>>,
+) -> Result<T, OrgaError> {
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Err(OrgaError::Timeout { call }))
 }
 
 /// Whether a failed attempt of `call` may be tried again (see
@@ -297,16 +295,13 @@ where
 
 /// Reads at most [`MAX_UPSTREAM_BODY`] bytes and parses them. The body never goes
 /// into the error: an upstream could put anything there.
-async fn read_json<T: DeserializeOwned>(call: Call, response: Response) -> Result<T, OrgaError> {
-    let body = outbound::read_capped(response, MAX_UPSTREAM_BODY)
+async fn read_json<T: DeserializeOwned>(
+    call: Call,
+    response: Response<Incoming>,
+) -> Result<T, OrgaError> {
+    let body = transport::read_capped(response, MAX_UPSTREAM_BODY)
         .await
-        .map_err(|e| match e {
-            ReadError::TooLarge => OrgaError::Malformed {
-                call,
-                reason: format!("answer larger than {MAX_UPSTREAM_BODY} bytes"),
-            },
-            ReadError::Transport(e) => transport(call, e),
-        })?;
+        .map_err(|e| transport_failure(call, e))?;
     serde_json::from_slice(&body).map_err(|e| OrgaError::Malformed {
         call,
         // serde_json's message names the position and expected type, never the content.
@@ -325,20 +320,18 @@ fn json_problem(error: &serde_json::Error) -> &'static str {
     }
 }
 
-fn transport(call: Call, error: reqwest::Error) -> OrgaError {
-    if error.is_timeout() {
-        return OrgaError::Timeout { call };
-    }
-    let never_sent = error.is_connect();
-    // Drop the URL: its query holds the account email.
-    let error = error.without_url();
-    let mut reason = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        reason.push_str(": ");
-        reason.push_str(&cause.to_string());
-        source = cause.source();
-    }
+fn transport_failure(call: Call, error: TransportError) -> OrgaError {
+    let (reason, never_sent) = match error {
+        TransportError::ConnectTimeout => return OrgaError::Timeout { call },
+        TransportError::TooLarge => {
+            return OrgaError::Malformed {
+                call,
+                reason: format!("answer larger than {MAX_UPSTREAM_BODY} bytes"),
+            };
+        }
+        TransportError::Connect(reason) => (reason, true),
+        TransportError::Sent(reason) => (reason, false),
+    };
     OrgaError::Transport {
         call,
         reason,
