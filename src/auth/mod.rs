@@ -15,7 +15,7 @@ use crate::http::cors::AllowedOrigins;
 use crate::state::Readiness;
 use api_key::ApiKeys;
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jwt::{JwtVerifier, KeySource};
@@ -245,10 +245,7 @@ pub async fn require(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match auth
-        .authenticate(request.headers(), request.uri().query())
-        .await
-    {
+    match identify(&auth, request.headers(), request.uri()).await {
         Ok(Some(subject)) => {
             request.extensions_mut().insert(subject.clone());
             let mut response = next.run(request).await;
@@ -256,7 +253,20 @@ pub async fn require(
             response
         }
         Ok(None) => next.run(request).await,
-        Err(error) => {
+        Err(refused) => refused,
+    }
+}
+
+/// The check of [`require`] for a request with `headers` to `uri`: the caller's subject
+/// (none in auth mode `none`), or the refusal to send instead, logged.
+pub async fn identify(
+    auth: &Authenticator,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Option<Subject>, Response> {
+    auth.authenticate(headers, uri.query())
+        .await
+        .map_err(|error| {
             match &error {
                 AuthError::Invalid(reason) => tracing::info!(%reason, "caller refused"),
                 AuthError::KeysUnavailable => {
@@ -264,6 +274,5 @@ pub async fn require(
                 }
             }
             ApiError::from(error).into_response()
-        }
-    }
+        })
 }

@@ -2,12 +2,10 @@
 //! host), the request's own origin echoed with `Vary: Origin`, preflights answered
 //! here before authentication, and no CORS headers at all for other origins.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashSet;
-use std::sync::Arc;
 
 /// Headers a browser may send cross-origin to the credentials route.
 const ALLOWED_HEADERS: &str = "authorization, content-type, x-api-key, x-request-id";
@@ -110,26 +108,64 @@ impl AllowedOrigins {
     }
 }
 
-/// Middleware: answers allowed preflights itself and decorates other responses.
-pub async fn cors(
-    State(origins): State<Arc<AllowedOrigins>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let allowed = request
-        .headers()
-        .get(header::ORIGIN)
-        .filter(|o| o.to_str().is_ok_and(|o| origins.allows(o)))
-        .cloned();
-    let is_preflight = request.method() == Method::OPTIONS
-        && request
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+/// What CORS makes of one request: the origin to echo, if it is allowed.
+pub struct Cors<'a> {
+    origins: &'a AllowedOrigins,
+    allowed: Option<HeaderValue>,
+}
 
-    if let (true, Some(origin)) = (is_preflight, &allowed) {
+impl<'a> Cors<'a> {
+    /// Reads the request's `Origin`. An allowed preflight is answered here and now:
+    /// `Err` is that answer.
+    pub fn check(origins: &'a AllowedOrigins, request: &Request) -> Result<Self, Preflight> {
+        let allowed = request
+            .headers()
+            .get(header::ORIGIN)
+            .filter(|o| o.to_str().is_ok_and(|o| origins.allows(o)))
+            .cloned();
+        let is_preflight = request.method() == Method::OPTIONS
+            && request
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        match (is_preflight, allowed) {
+            (true, Some(origin)) => Err(Preflight {
+                origin,
+                allow_credentials: origins.allow_credentials,
+            }),
+            (_, allowed) => Ok(Self { origins, allowed }),
+        }
+    }
+
+    /// Adds the CORS headers to any other answer.
+    pub fn decorate(self, response: &mut Response) {
+        let headers = response.headers_mut();
+        match self.allowed {
+            Some(origin) => {
+                allow_origin(headers, &origin, self.origins.allow_credentials);
+                headers.insert(
+                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    HeaderValue::from_static(EXPOSED_HEADERS),
+                );
+            }
+            // The answer still depends on Origin, so caches must key on it.
+            None => {
+                headers.append(header::VARY, HeaderValue::from_static("origin"));
+            }
+        }
+    }
+}
+
+/// The answer to an allowed preflight.
+pub struct Preflight {
+    origin: HeaderValue,
+    allow_credentials: bool,
+}
+
+impl IntoResponse for Preflight {
+    fn into_response(self) -> Response {
         let mut response = StatusCode::NO_CONTENT.into_response();
         let headers = response.headers_mut();
-        allow_origin(headers, origin, origins.allow_credentials);
+        allow_origin(headers, &self.origin, self.allow_credentials);
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static("GET, POST"),
@@ -148,25 +184,8 @@ pub async fn cors(
         ] {
             headers.append(header::VARY, HeaderValue::from_static(vary));
         }
-        return response;
+        response
     }
-
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    match allowed {
-        Some(origin) => {
-            allow_origin(headers, &origin, origins.allow_credentials);
-            headers.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static(EXPOSED_HEADERS),
-            );
-        }
-        // The answer still depends on Origin, so caches must key on it.
-        None => {
-            headers.append(header::VARY, HeaderValue::from_static("origin"));
-        }
-    }
-    response
 }
 
 fn allow_origin(headers: &mut HeaderMap, origin: &HeaderValue, credentials: bool) {

@@ -1,16 +1,72 @@
 //! The credentials route: a fresh ephemeral token and its ICE servers on every call.
 
+use crate::auth::{self, Subject};
 use crate::error::ApiError;
 use crate::orga::{OrgaError, SessionCredentials, UpstreamTimings};
+use crate::ratelimit;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 /// Marks a response served from the prefetch pool, for the request's log line.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolHit;
+
+/// The middleware in front of [`credentials`], stages outermost first: the per-client
+/// rate limit, auth, the per-subject limit, then load shedding past
+/// `server.concurrency_limit` (so refused callers hold no slot). What a stage adds to
+/// the answer (rate-limit headers, the subject for the log line) goes on every answer
+/// from behind it, refusals included.
+///
+/// One middleware rather than a layer per stage: each axum layer costs about 1.6 µs of
+/// CPU a request (ten no-op layers added 16 µs).
+pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let peer = ratelimit::peer_of(&request);
+    let client = match ratelimit::admit_client(&state.rate_limit, peer, request.headers()).await {
+        Ok(decision) => decision,
+        Err(refused) => return refused,
+    };
+    let mut response =
+        match auth::identify(&state.authenticator, request.headers(), request.uri()).await {
+            Ok(subject) => admit(&state, subject, request, next).await,
+            Err(refused) => refused,
+        };
+    if let Some(decision) = client {
+        decision.apply(response.headers_mut());
+    }
+    response
+}
+
+/// The stages of [`gate`] after auth.
+async fn admit(
+    state: &AppState,
+    subject: Option<Subject>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let per_subject = match &subject {
+        Some(subject) => ratelimit::admit_subject(&state.rate_limit, subject.as_str()).await,
+        None => Ok(None),
+    };
+    let mut response = match per_subject.map(|decision| (decision, state.shed.admit())) {
+        Err(refused) => refused,
+        Ok((_, Err(shed))) => shed.into_response(),
+        Ok((decision, Ok(_slot))) => {
+            let mut response = next.run(request).await;
+            if let Some(decision) = decision {
+                decision.apply(response.headers_mut());
+            }
+            response
+        }
+    };
+    if let Some(subject) = subject {
+        response.extensions_mut().insert(subject);
+    }
+    response
+}
 
 /// `GET` / `POST {server.credentials_path}`. Never cached, never shared: each call
 /// mints its own token upstream. What the request's log line needs (upstream timings,

@@ -6,11 +6,8 @@
 use crate::metrics::{
     AUTH_FAILURES, CREDENTIALS_ISSUED, HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, RATE_LIMITED,
 };
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// The `route` label of requests that matched no route (404s of any path).
@@ -47,43 +44,49 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Middleware: records the request once its answer is known. `credentials_path` is the
-/// route whose 200s count as credentials issued.
-pub async fn observe(
-    State(credentials_path): State<Arc<str>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route: Arc<str> = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| Arc::from(UNMATCHED), |m| Arc::from(m.as_str()));
-    let method = method_label(request.method());
-    let started = Instant::now();
-    let in_flight = InFlight::start();
-    let response = next.run(request).await;
-    drop(in_flight);
+/// One request being observed: started when it arrives, recorded once its answer is
+/// known. Dropped without [`Observation::finish`] (the client went away), it still
+/// leaves the in-flight gauge.
+pub struct Observation {
+    route: Option<MatchedPath>,
+    method: &'static str,
+    started: Instant,
+    _in_flight: InFlight,
+}
 
-    let status = response.status();
-    let route_label = route.to_string();
-    metrics::counter!(
-        HTTP_REQUESTS,
-        "route" => route_label.clone(),
-        "method" => method,
-        "status" => status.as_str().to_owned(),
-    )
-    .increment(1);
-    metrics::histogram!(HTTP_DURATION, "route" => route_label, "method" => method)
-        .record(started.elapsed());
-    match status {
-        StatusCode::UNAUTHORIZED => metrics::counter!(AUTH_FAILURES).increment(1),
-        StatusCode::TOO_MANY_REQUESTS => metrics::counter!(RATE_LIMITED).increment(1),
-        StatusCode::OK if *route == *credentials_path => {
-            metrics::counter!(CREDENTIALS_ISSUED).increment(1);
+impl Observation {
+    /// Starts observing `request` (routed: its matched path is known).
+    pub fn start(request: &Request) -> Self {
+        Self {
+            route: request.extensions().get::<MatchedPath>().cloned(),
+            method: method_label(request.method()),
+            started: Instant::now(),
+            _in_flight: InFlight::start(),
         }
-        _ => {}
     }
-    response
+
+    /// Records the answer. `credentials_path` is the route whose 200s count as
+    /// credentials issued.
+    pub fn finish(self, status: StatusCode, credentials_path: &str) {
+        let route = self.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+        metrics::counter!(
+            HTTP_REQUESTS,
+            "route" => route.to_owned(),
+            "method" => self.method,
+            "status" => status.as_str().to_owned(),
+        )
+        .increment(1);
+        metrics::histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => self.method)
+            .record(self.started.elapsed());
+        match status {
+            StatusCode::UNAUTHORIZED => metrics::counter!(AUTH_FAILURES).increment(1),
+            StatusCode::TOO_MANY_REQUESTS => metrics::counter!(RATE_LIMITED).increment(1),
+            StatusCode::OK if self.route.is_some() && route == credentials_path => {
+                metrics::counter!(CREDENTIALS_ISSUED).increment(1);
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

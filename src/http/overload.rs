@@ -5,12 +5,9 @@
 
 use crate::error::ApiError;
 use crate::metrics::REQUESTS_SHED;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What a shed request is told to wait before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -26,17 +23,18 @@ impl ConcurrencyLimit {
     }
 }
 
-/// Middleware: takes a slot for the whole request or refuses it without waiting.
-pub async fn shed(State(limit): State<ConcurrencyLimit>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = limit.0.clone().try_acquire_owned() else {
-        metrics::counter!(REQUESTS_SHED).increment(1);
-        tracing::debug!("concurrency limit reached: request shed");
-        return ApiError::Unavailable {
-            reason: "The proxy is handling as many requests as it allows; try again shortly."
-                .into(),
-            retry_after: RETRY_AFTER,
-        }
-        .into_response();
-    };
-    next.run(request).await
+impl ConcurrencyLimit {
+    /// A slot for the whole request (held until the permit drops), or the 503 refusal,
+    /// without waiting.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.0.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!(REQUESTS_SHED).increment(1);
+            tracing::debug!("concurrency limit reached: request shed");
+            ApiError::Unavailable {
+                reason: "The proxy is handling as many requests as it allows; try again shortly."
+                    .into(),
+                retry_after: RETRY_AFTER,
+            }
+        })
+    }
 }

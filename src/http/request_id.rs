@@ -3,16 +3,10 @@
 
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::Response;
 
 /// The header carrying the request id.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_LEN: usize = 128;
-
-/// The request's id, as a request extension.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
 
 /// A caller-supplied id is kept only if it is short and made of safe characters, so it
 /// cannot forge log lines or smuggle anything into headers.
@@ -25,24 +19,23 @@ fn is_sane(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
-/// Middleware: settles the id before anything else sees the request.
-pub async fn request_id(mut request: Request, next: Next) -> Response {
+/// Settles the request's id before anything else sees the request, and answers it
+/// (for the response header).
+pub fn assign(request: &mut Request) -> HeaderValue {
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
         .filter(|v| is_sane(v))
         .cloned()
         .unwrap_or_else(|| {
-            let id = uuid::Uuid::new_v4().to_string();
-            HeaderValue::try_from(id).expect("a UUID is a valid header value")
+            let mut buffer = uuid::Uuid::encode_buffer();
+            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+            HeaderValue::from_str(id).expect("a UUID is a valid header value")
         });
     request
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), id.clone());
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
-    response
+    id
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ impl Decision {
 
     /// Sets the `RateLimit-*` headers, unless the response already carries those of
     /// a budget closer to running out (the per-subject limit runs inside this one).
-    fn apply(&self, headers: &mut HeaderMap) {
+    pub fn apply(&self, headers: &mut HeaderMap) {
         let existing = headers
             .get(&RATELIMIT_REMAINING)
             .and_then(|v| v.to_str().ok())
@@ -258,6 +258,36 @@ impl RateLimit {
     }
 }
 
+/// The peer address of `request`, for [`admit_client`].
+pub fn peer_of(request: &Request) -> IpAddr {
+    match request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(addr)) => addr.ip(),
+        None => {
+            warn_no_peer_once();
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        }
+    }
+}
+
+/// The per-client check of [`limit_clients`] for a request from `peer` with `headers`:
+/// the decision whose headers go on the answer, or the refusal to send instead.
+pub async fn admit_client(
+    limit: &RateLimit,
+    peer: IpAddr,
+    headers: &HeaderMap,
+) -> Result<Option<Decision>, Response> {
+    let Some(key) = limit.client_key(peer, headers) else {
+        return Ok(None);
+    };
+    limit.check_client(&key).await.map_err(|error| {
+        // A Redis failure (fail closed) is logged once by the backend, not per request.
+        if matches!(error, ApiError::RateLimited { .. }) {
+            tracing::info!(client = %key, "client over its rate limit");
+        }
+        error.into_response()
+    })
+}
+
 /// Middleware, outermost on the credentials route (before auth): one budget per
 /// client IP.
 pub async fn limit_clients(
@@ -265,25 +295,9 @@ pub async fn limit_clients(
     request: Request,
     next: Next,
 ) -> Response {
-    let peer = match request.extensions().get::<ConnectInfo<SocketAddr>>() {
-        Some(ConnectInfo(addr)) => addr.ip(),
-        None => {
-            warn_no_peer_once();
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        }
-    };
-    let Some(key) = limit.client_key(peer, request.headers()) else {
-        return next.run(request).await;
-    };
-    let decision = match limit.check_client(&key).await {
+    let decision = match admit_client(&limit, peer_of(&request), request.headers()).await {
         Ok(decision) => decision,
-        Err(error) => {
-            // A Redis failure (fail closed) is logged once by the backend, not per request.
-            if matches!(error, ApiError::RateLimited { .. }) {
-                tracing::info!(client = %key, "client over its rate limit");
-            }
-            return error.into_response();
-        }
+        Err(refused) => return refused,
     };
     let mut response = next.run(request).await;
     if let Some(decision) = decision {
@@ -300,6 +314,17 @@ fn subject_of(request: &Request) -> Option<&str> {
         .map(crate::auth::Subject::as_str)
 }
 
+/// The per-subject check of [`limit_subjects`]: the decision whose headers go on the
+/// answer, or the refusal to send instead.
+pub async fn admit_subject(limit: &RateLimit, subject: &str) -> Result<Option<Decision>, Response> {
+    limit.check_subject(subject).await.map_err(|error| {
+        if matches!(error, ApiError::RateLimited { .. }) {
+            tracing::info!("subject over its rate limit");
+        }
+        error.into_response()
+    })
+}
+
 /// Middleware, after auth on the credentials route: one budget per authenticated
 /// subject. Requests without a subject (auth mode `none`) pass untouched.
 pub async fn limit_subjects(
@@ -310,14 +335,9 @@ pub async fn limit_subjects(
     let Some(subject) = subject_of(&request) else {
         return next.run(request).await;
     };
-    let decision = match limit.check_subject(subject).await {
+    let decision = match admit_subject(&limit, subject).await {
         Ok(decision) => decision,
-        Err(error) => {
-            if matches!(error, ApiError::RateLimited { .. }) {
-                tracing::info!("subject over its rate limit");
-            }
-            return error.into_response();
-        }
+        Err(refused) => return refused,
     };
     let mut response = next.run(request).await;
     if let Some(decision) = decision {
