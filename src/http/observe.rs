@@ -8,24 +8,48 @@ use crate::metrics::{
 };
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
+use metrics::{Counter, Gauge, Histogram};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Instant;
 
 /// The `route` label of requests that matched no route (404s of any path).
 const UNMATCHED: &str = "unmatched";
+
+// Every request records through handles resolved once and kept: through a kept handle
+// a sample is an atomic add, where the macros build, hash and look up the key each time
+// (seven times a request). The labels are bounded, so the caches are too. A handle is
+// resolved on first use, by then the recorder is installed (`crate::app` does it first).
+
+static IN_FLIGHT: LazyLock<Gauge> = LazyLock::new(|| metrics::gauge!(HTTP_IN_FLIGHT));
+static ISSUED: LazyLock<Counter> = LazyLock::new(|| metrics::counter!(CREDENTIALS_ISSUED));
+
+/// One route template's series.
+#[derive(Default)]
+struct RouteSeries {
+    answers: HashMap<(&'static str, StatusCode), Counter>,
+    durations: HashMap<&'static str, Histogram>,
+}
+
+thread_local! {
+    /// By route template; one cache a thread, so looking up takes no lock.
+    static SERIES: RefCell<HashMap<Box<str>, RouteSeries>> = RefCell::default();
+}
 
 /// Decrements the in-flight gauge even when the request future is dropped.
 struct InFlight;
 
 impl InFlight {
     fn start() -> Self {
-        metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
+        IN_FLIGHT.increment(1.0);
         Self
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+        IN_FLIGHT.decrement(1.0);
     }
 }
 
@@ -69,20 +93,39 @@ impl Observation {
     /// credentials issued.
     pub fn finish(self, status: StatusCode, credentials_path: &str) {
         let route = self.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-        metrics::counter!(
-            HTTP_REQUESTS,
-            "route" => route.to_owned(),
-            "method" => self.method,
-            "status" => status.as_str().to_owned(),
-        )
-        .increment(1);
-        metrics::histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => self.method)
-            .record(self.started.elapsed());
+        let method = self.method;
+        SERIES.with_borrow_mut(|series| {
+            if !series.contains_key(route) {
+                series.insert(route.into(), RouteSeries::default());
+            }
+            let Some(series) = series.get_mut(route) else {
+                return;
+            };
+            series
+                .answers
+                .entry((method, status))
+                .or_insert_with(|| {
+                    metrics::counter!(
+                        HTTP_REQUESTS,
+                        "route" => route.to_owned(),
+                        "method" => method,
+                        "status" => status.as_str().to_owned(),
+                    )
+                })
+                .increment(1);
+            series
+                .durations
+                .entry(method)
+                .or_insert_with(|| {
+                    metrics::histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => method)
+                })
+                .record(self.started.elapsed());
+        });
         match status {
             StatusCode::UNAUTHORIZED => metrics::counter!(AUTH_FAILURES).increment(1),
             StatusCode::TOO_MANY_REQUESTS => metrics::counter!(RATE_LIMITED).increment(1),
             StatusCode::OK if self.route.is_some() && route == credentials_path => {
-                metrics::counter!(CREDENTIALS_ISSUED).increment(1);
+                ISSUED.increment(1);
             }
             _ => {}
         }

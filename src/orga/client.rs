@@ -13,9 +13,10 @@ use crate::metrics::{CIRCUIT_REJECTED, UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTR
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Response, StatusCode, Uri};
+use metrics::Histogram;
 use serde::de::DeserializeOwned;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 /// Largest upstream answer read; both documented answers are well under 1 KiB.
@@ -275,9 +276,7 @@ where
         // A floor keeps a zero timeout (deadline already gone) from meaning "none".
         let started = Instant::now();
         let result = attempt(timeout.min(left).max(Duration::from_millis(1))).await;
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::histogram!(UPSTREAM_DURATION, "call" => call.as_str(), "outcome" => outcome)
-            .record(started.elapsed());
+        upstream_duration(call, result.is_ok()).record(started.elapsed());
         let error = match result {
             Ok(value) => return Ok(value),
             Err(error) => error,
@@ -291,6 +290,22 @@ where
         metrics::counter!(UPSTREAM_RETRIES, "call" => call.as_str()).increment(1);
         tracing::info!(%call, error = %error, kind = error.kind(), "retrying the upstream call once");
     }
+}
+
+/// The latency histogram of `call`'s attempts that succeeded (`ok`) or failed, resolved
+/// once: two samples a credential, and the macro would build and look up the key for
+/// each. Resolved on first use, after `crate::app` installed the recorder.
+fn upstream_duration(call: Call, ok: bool) -> &'static Histogram {
+    const CALLS: [Call; 2] = [Call::ClientSecret, Call::IceConfig];
+    static HISTOGRAMS: LazyLock<[[Histogram; 2]; 2]> = LazyLock::new(|| {
+        CALLS.map(|call| {
+            ["ok", "error"].map(|outcome| {
+                metrics::histogram!(UPSTREAM_DURATION, "call" => call.as_str(), "outcome" => outcome)
+            })
+        })
+    });
+    let index = CALLS.iter().position(|c| *c == call).unwrap_or(0);
+    &HISTOGRAMS[index][usize::from(!ok)]
 }
 
 /// Reads at most [`MAX_UPSTREAM_BODY`] bytes and parses them. The body never goes

@@ -113,6 +113,21 @@ async fn requests_are_counted_by_route_template_with_no_raw_path_or_ip() {
     for leaked in ["path-canary-9d1", "127.0.0.1", token.as_str(), TEST_EMAIL] {
         assert!(!body.contains(leaked), "{leaked} leaked into the metrics");
     }
+    // The samples land (the recorder is shared by every test in the process: at least).
+    for counted in [
+        r#"orga_proxy_http_requests_total{route="/api/orga/credentials",method="GET",status="200"}"#,
+        r#"orga_proxy_http_requests_total{route="unmatched",method="GET",status="404"}"#,
+        r#"orga_proxy_http_request_duration_seconds_count{route="/api/orga/credentials",method="GET"}"#,
+        r#"orga_proxy_upstream_request_duration_seconds_count{call="client-secrets",outcome="ok"}"#,
+        r#"orga_proxy_upstream_request_duration_seconds_count{call="ice-config",outcome="ok"}"#,
+        "orga_proxy_credentials_issued_total",
+    ] {
+        let value = body
+            .lines()
+            .find_map(|line| line.strip_prefix(counted)?.strip_prefix(' '))
+            .and_then(|value| value.parse::<f64>().ok());
+        assert!(value >= Some(1.0), "{counted} is {value:?}:\n{body}");
+    }
 }
 
 #[tokio::test]
