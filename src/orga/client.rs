@@ -88,7 +88,8 @@ impl OrgaClient {
         })
     }
 
-    /// The same client (same breaker, same targets) with a connection pool of its own.
+    /// The same client (same breaker, same targets, same TLS settings) with a connection
+    /// pool of its own.
     /// Each serving thread takes one (see [`crate::AppState::for_worker`]): a request
     /// whose pooled connection was opened on another thread would wake that thread
     /// twice per call.
@@ -96,7 +97,7 @@ impl OrgaClient {
         let inner = &self.inner;
         Ok(Self {
             inner: Arc::new(Inner {
-                http: Transport::new(inner.timeout)?,
+                http: inner.http.with_own_connections(),
                 client_secrets_url: inner.client_secrets_url.clone(),
                 ice_config_url: inner.ice_config_url.clone(),
                 api_key_bearer: inner.api_key_bearer.clone(),

@@ -10,10 +10,12 @@ use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{ACCEPT, HeaderValue, USER_AGENT};
 use hyper::{Request, Response, Uri};
+use hyper_rustls::ConfigBuilderExt;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::ClientConfig;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +28,9 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub(super) struct Transport {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// Kept for [`Transport::with_own_connections`]: loading the trusted roots once.
+    tls: ClientConfig,
+    timeout: Duration,
 }
 
 /// Why a call failed below HTTP semantics.
@@ -44,14 +49,27 @@ pub(super) enum TransportError {
 impl Transport {
     /// A new, empty pool whose connections take at most `min(timeout, 5 s)` to open.
     pub(super) fn new(timeout: Duration) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| builder.try_with_platform_verifier())
+            .map_err(|e| format!("cannot set up TLS: {e}"))?
+            .with_no_client_auth();
+        Ok(Self::with_tls(timeout, tls))
+    }
+
+    /// Another, empty pool with the same settings.
+    pub(super) fn with_own_connections(&self) -> Self {
+        Self::with_tls(self.timeout, self.tls.clone())
+    }
+
+    fn with_tls(timeout: Duration, tls: ClientConfig) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout.min(MAX_CONNECT_TIMEOUT)));
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let https = HttpsConnectorBuilder::new()
-            .with_provider_and_platform_verifier(provider)
-            .map_err(|e| format!("cannot set up TLS: {e}"))?
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -60,7 +78,11 @@ impl Transport {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(https);
-        Ok(Self { client })
+        Self {
+            client,
+            tls,
+            timeout,
+        }
     }
 
     /// Sends a body-less request with the user agent set, and answers the response.
