@@ -4,7 +4,7 @@
 mod json;
 
 use crate::config::{LogConfig, LogFormat};
-pub use json::JsonLines;
+pub use json::{JsonLines, JsonSpanFields};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -20,7 +20,7 @@ pub fn init(config: &LogConfig) {
         .with_writer(std::io::stdout);
     let _ = match config.format {
         LogFormat::Json => builder
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .fmt_fields(JsonSpanFields)
             .event_format(JsonLines)
             .try_init(),
         LogFormat::Text => builder.try_init(),
