@@ -10,9 +10,9 @@ use super::transport::{self, Transport, TransportError};
 use super::types::{ClientSecret, EphemeralToken, IceServer, SessionCredentials};
 use crate::config::OrgaConfig;
 use crate::metrics::{CIRCUIT_REJECTED, UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES};
-use hyper::body::Incoming;
+use hyper::body::Bytes;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Response, StatusCode, Uri};
+use hyper::{Method, StatusCode, Uri};
 use metrics::Histogram;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -174,14 +174,14 @@ impl OrgaClient {
         headers.insert(AUTHORIZATION, self.inner.api_key_bearer.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         within(call, timeout, async {
-            let response = self.inner.http.send(request).await;
-            let response = response.map_err(|e| transport_failure(call, e))?;
-            match response.status() {
+            let answer = self.inner.http.exchange(request, MAX_UPSTREAM_BODY).await;
+            let answer = answer.map_err(|e| transport_failure(call, e))?;
+            match answer.status {
                 s if s.is_success() => {}
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
                     return Err(OrgaError::Auth {
                         call,
-                        status: response.status().as_u16(),
+                        status: s.as_u16(),
                     });
                 }
                 s => {
@@ -191,7 +191,7 @@ impl OrgaClient {
                     });
                 }
             }
-            let secret: ClientSecret = read_json(call, response).await?;
+            let secret: ClientSecret = parse_json(call, answer.body)?;
             secret
                 .validate()
                 .map_err(|reason| OrgaError::Malformed { call, reason })?;
@@ -211,12 +211,12 @@ impl OrgaClient {
         let mut request = transport::request(Method::GET, &self.inner.ice_config_url);
         request.headers_mut().insert(AUTHORIZATION, token.bearer());
         within(call, timeout, async {
-            let response = self.inner.http.send(request).await;
-            let response = response.map_err(|e| transport_failure(call, e))?;
-            if !response.status().is_success() {
+            let answer = self.inner.http.exchange(request, MAX_UPSTREAM_BODY).await;
+            let answer = answer.map_err(|e| transport_failure(call, e))?;
+            if !answer.status.is_success() {
                 return Err(OrgaError::Status {
                     call,
-                    status: response.status().as_u16(),
+                    status: answer.status.as_u16(),
                 });
             }
             #[derive(serde::Deserialize)]
@@ -224,7 +224,7 @@ impl OrgaClient {
                 #[serde(rename = "iceServers")]
                 ice_servers: Vec<IceServer>,
             }
-            let config: IceConfig = read_json(call, response).await?;
+            let config: IceConfig = parse_json(call, answer.body)?;
             for server in &config.ice_servers {
                 server
                     .validate()
@@ -309,15 +309,13 @@ fn upstream_duration(call: Call, ok: bool) -> &'static Histogram {
     &HISTOGRAMS[index][usize::from(!ok)]
 }
 
-/// Reads at most [`MAX_UPSTREAM_BODY`] bytes and parses them. The body never goes
-/// into the error: an upstream could put anything there.
-async fn read_json<T: DeserializeOwned>(
+/// Parses a body read up to [`MAX_UPSTREAM_BODY`]. The body never goes into the
+/// error: an upstream could put anything there.
+fn parse_json<T: DeserializeOwned>(
     call: Call,
-    response: Response<Incoming>,
+    body: Result<Bytes, TransportError>,
 ) -> Result<T, OrgaError> {
-    let body = transport::read_capped(response, MAX_UPSTREAM_BODY)
-        .await
-        .map_err(|e| transport_failure(call, e))?;
+    let body = body.map_err(|e| transport_failure(call, e))?;
     serde_json::from_slice(&body).map_err(|e| OrgaError::Malformed {
         call,
         // serde_json's message names the position and expected type, never the content.

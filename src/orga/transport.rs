@@ -1,36 +1,57 @@
-//! The HTTP client for the two calls on every credential: hyper's pooled client over
-//! rustls, with the same outbound policy as [`crate::outbound`] (no redirects, no system
-//! proxy, a connect timeout, `TCP_NODELAY`, the platform's certificate verifier).
+//! The HTTP client for the two calls on every credential: hyper's connections over
+//! rustls, pooled here, with the same outbound policy as [`crate::outbound`] (no
+//! redirects, no system proxy, a connect timeout, `TCP_NODELAY`, the platform's
+//! certificate verifier).
 //!
-//! Why not reqwest, as the JWKS fetcher and `healthcheck` use: on this path reqwest
-//! cost about 25 µs of CPU per call more than the hyper client it wraps (URL
-//! re-parsing, its connector and timeout layers), and every credential makes two calls.
+//! Why not reqwest, as the JWKS fetcher and `healthcheck` use, nor hyper-util's pooled
+//! client: both serve any number of hosts and callers, and on this path that generality
+//! was most of the client's cost (reqwest about 25 µs of CPU a call over hyper-util's
+//! client; that client's pool about 15,000 instructions a credential over the
+//! connections themselves). Here a pool talks to one host, and each serving thread has
+//! its own (see [`Transport::with_own_connections`]).
+//!
+//! HTTP/1.1 keep-alive connections (TLS offers only `http/1.1`) are kept in a list and
+//! handed out one request at a time, as a reverse proxy keeps its upstream connections.
 
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ACCEPT, HeaderValue, USER_AGENT};
-use hyper::{Request, Response, Uri};
-use hyper_rustls::ConfigBuilderExt;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::{TrySendError, http1};
+use hyper::header::{ACCEPT, HOST, HeaderValue, USER_AGENT};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
 
 /// Connecting is never allowed more than this, even with a longer total timeout.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pooled connections idle this long are closed.
+/// Pooled connections idle this long are closed rather than reused.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most idle HTTP/1.1 connections a pool keeps; more are closed as they free up.
+const MAX_IDLE: usize = 256;
 
-/// One connection pool to Orga (HTTP/1.1, or HTTP/2 where TLS negotiates it).
-#[derive(Clone)]
+type Body = Empty<Bytes>;
+
+/// One connection pool to Orga.
 pub(super) struct Transport {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    connector: HttpsConnector<HttpConnector>,
+    idle: Mutex<Vec<Idle>>,
     /// Kept for [`Transport::with_own_connections`]: loading the trusted roots once.
     tls: ClientConfig,
     timeout: Duration,
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// What came back: the status, and the body read up to the cap.
+pub(super) struct Answer {
+    pub status: StatusCode,
+    pub body: Result<Bytes, TransportError>,
 }
 
 /// Why a call failed below HTTP semantics.
@@ -68,48 +89,126 @@ impl Transport {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout.min(MAX_CONNECT_TIMEOUT)));
-        let https = HttpsConnectorBuilder::new()
+        let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
-            .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(https);
         Self {
-            client,
+            connector,
+            idle: Mutex::new(Vec::new()),
             tls,
             timeout,
         }
     }
 
-    /// Sends a body-less request with the user agent set, and answers the response.
-    pub(super) async fn send(
+    /// Sends a body-less request to `uri` (absolute) and reads the answer's body, at
+    /// most `max_body` bytes. A request that provably never left (a pooled connection
+    /// the server had closed) is sent again on a fresh connection.
+    pub(super) async fn exchange(
         &self,
-        mut request: Request<Empty<Bytes>>,
-    ) -> Result<Response<Incoming>, TransportError> {
+        mut request: Request<Body>,
+        max_body: usize,
+    ) -> Result<Answer, TransportError> {
+        let uri = request.uri().clone();
         let headers = request.headers_mut();
         headers.insert(
             USER_AGENT,
             HeaderValue::from_static(crate::outbound::USER_AGENT),
         );
         headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
-        self.client.request(request).await.map_err(|e| {
-            if !e.is_connect() {
-                TransportError::Sent(error_chain(&e))
-            } else if timed_out(&e) {
+        loop {
+            let (sender, reused) = match self.checkout().await {
+                Some(sender) => (sender, true),
+                // Boxed: connecting (TLS included) is a large future, and rare; inline,
+                // its size would be copied with every request's future.
+                None => (Box::pin(self.connect(&uri)).await?, false),
+            };
+            match send(sender, request).await {
+                Ok((sender, response)) => {
+                    let status = response.status();
+                    let body = read_capped(response, max_body).await;
+                    if body.is_ok() {
+                        self.checkin(sender);
+                    }
+                    return Ok(Answer { status, body });
+                }
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(TransportError::Sent(error_chain(error.error()))),
+                },
+            }
+        }
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A pooled connection ready for a request, if there is one. Connections idle past
+    /// [`POOL_IDLE_TIMEOUT`] or closed by the server meanwhile are dropped.
+    async fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+        loop {
+            let Idle { mut sender, since } = self.idle().pop()?;
+            if since.elapsed() < POOL_IDLE_TIMEOUT && sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Returns a connection whose answer was read in full.
+    fn checkin(&self, sender: http1::SendRequest<Body>) {
+        let mut idle = self.idle();
+        if idle.len() < MAX_IDLE && !sender.is_closed() {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Opens a connection (TLS for `https`), its driving task on the current runtime.
+    async fn connect(&self, uri: &Uri) -> Result<http1::SendRequest<Body>, TransportError> {
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| {
+            if timed_out(&*e) {
                 TransportError::ConnectTimeout
             } else {
-                TransportError::Connect(error_chain(&e))
+                TransportError::Connect(error_chain(&*e))
             }
-        })
+        };
+        let stream = self
+            .connector
+            .clone()
+            .oneshot(uri.clone())
+            .await
+            .map_err(failed)?;
+        let (sender, connection) = http1::handshake(stream)
+            .await
+            .map_err(|e| TransportError::Connect(error_chain(&e)))?;
+        tokio::spawn(connection);
+        Ok(sender)
     }
 }
 
+/// Sends `request` (absolute URI) on `sender`, in origin form with a Host header. On
+/// failure, the request comes back if it never left.
+async fn send(
+    mut sender: http1::SendRequest<Body>,
+    mut request: Request<Body>,
+) -> Result<(http1::SendRequest<Body>, Response<Incoming>), TrySendError<Request<Body>>> {
+    if let Some(authority) = request.uri().authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            request.headers_mut().insert(HOST, host);
+        }
+    }
+    let path = request.uri().path_and_query().cloned();
+    *request.uri_mut() = path.map_or_else(|| Uri::from_static("/"), Uri::from);
+    let response = sender.try_send_request(request).await?;
+    Ok((sender, response))
+}
+
 /// A body-less request to `uri` (cheap to clone: the URI's parts are shared bytes).
-pub(super) fn request(method: hyper::Method, uri: &Uri) -> Request<Empty<Bytes>> {
+pub(super) fn request(method: hyper::Method, uri: &Uri) -> Request<Body> {
     let mut request = Request::new(Empty::new());
     *request.method_mut() = method;
     *request.uri_mut() = uri.clone();
@@ -118,10 +217,7 @@ pub(super) fn request(method: hyper::Method, uri: &Uri) -> Request<Empty<Bytes>>
 
 /// Reads at most `max` bytes of `response`'s body, refusing a larger one as soon as its
 /// `Content-Length` or its bytes say so, so a hostile peer cannot grow memory.
-pub(super) async fn read_capped(
-    response: Response<Incoming>,
-    max: usize,
-) -> Result<Bytes, TransportError> {
+async fn read_capped(response: Response<Incoming>, max: usize) -> Result<Bytes, TransportError> {
     let declared = response
         .headers()
         .get(hyper::header::CONTENT_LENGTH)

@@ -1,7 +1,10 @@
 //! The credentials route: what it answers and exactly what it asks Orga.
 
 use crate::helpers::*;
+use orga_proxy::orga::mock::MockOptions;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -133,4 +136,61 @@ async fn upstream_requests_are_exactly_what_the_node_sdk_sends() {
                 .contains("caller-token")
         );
     }
+}
+
+/// A TCP relay to `upstream` that counts the connections made through it.
+async fn counting_relay(upstream: String) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let target = upstream.trim_start_matches("http://").to_owned();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let count = opened.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), opened)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_and_reused() {
+    let upstream = spawn_mock_upstream(MockOptions::default()).await;
+    let (relay, opened) = counting_relay(upstream).await;
+    let app = spawn_app_against(&relay, |_| {}).await;
+    for _ in 0..10 {
+        assert_eq!(app.get_credentials().await.status(), 200);
+    }
+    // Twenty upstream calls, one after another: one connection carries them all.
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_replaced_unnoticed() {
+    // This fake drops a keep-alive connection after 100 ms without a request, as load
+    // balancers do; the proxy must not send the next call into the dead connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(orga_proxy::http::server::serve(
+        listener,
+        orga_proxy::orga::mock::router(MockOptions::default()),
+        std::time::Duration::from_millis(100),
+        std::future::pending(),
+    ));
+    let (relay, opened) = counting_relay(upstream).await;
+    let app = spawn_app_against(&relay, |_| {}).await;
+    for _ in 0..3 {
+        assert_eq!(app.get_credentials().await.status(), 200);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        3,
+        "one fresh connection a round"
+    );
 }
