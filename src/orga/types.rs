@@ -105,13 +105,40 @@ pub struct IceServer {
 }
 
 /// `urls` is a string or an array of strings, kept in the shape Orga used.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum IceUrls {
     /// A single URL.
     One(String),
     /// Several URLs.
     Many(Vec<String>),
+}
+
+/// By hand rather than `untagged`, which buffers every value before trying each shape.
+impl<'de> Deserialize<'de> for IceUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = IceUrls;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a URL or an array of URLs")
+            }
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<IceUrls, E> {
+                Ok(IceUrls::One(url.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<IceUrls, A::Error> {
+                let mut urls = Vec::with_capacity(seq.size_hint().unwrap_or(2).min(16));
+                while let Some(url) = seq.next_element()? {
+                    urls.push(url);
+                }
+                Ok(IceUrls::Many(urls))
+            }
+        }
+        deserializer.deserialize_any(Shape)
+    }
 }
 
 impl IceServer {
@@ -225,5 +252,12 @@ mod tests {
         assert!(many.validate().is_ok());
         let bad: IceServer = serde_json::from_str(r#"{"urls":"http://evil"}"#).unwrap();
         assert!(bad.validate().is_err());
+        assert_eq!(
+            serde_json::to_string(&many).unwrap(),
+            r#"{"urls":["turn:t:3478"],"username":"u","credential":"c"}"#
+        );
+        for shape in [r#"{"urls":3}"#, r#"{"urls":{"a":"b"}}"#, r#"{"urls":[1]}"#, "{}"] {
+            assert!(serde_json::from_str::<IceServer>(shape).is_err(), "{shape}");
+        }
     }
 }

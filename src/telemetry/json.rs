@@ -132,22 +132,31 @@ impl Visit for JsonVisitor<'_> {
     }
 }
 
-/// Appends `value` as a JSON string literal.
+/// Appends `value` as a JSON string literal. Runs of characters that need no escape
+/// (nearly all of them) are copied whole.
 fn push_json_str(out: &mut String, value: &str) {
     out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    let mut plain = 0;
+    for (i, byte) in value.bytes().enumerate() {
+        // Only ASCII bytes are ever escaped, so `i` is always a character boundary here.
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&value[plain..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escaped);
         }
+        plain = i + 1;
     }
+    out.push_str(&value[plain..]);
     out.push('"');
 }
 
@@ -254,6 +263,18 @@ mod tests {
         assert_eq!(out.len(), 1, "one line, still valid JSON");
         assert_eq!(out[0]["value"], "a\"}\n{\"level\":\"ERROR\u{1}");
         assert_eq!(out[0]["level"], "WARN");
+    }
+
+    #[test]
+    fn every_string_round_trips_through_push_json_str() {
+        let mut value: String = (0u8..0x80).map(char::from).collect();
+        value.push_str("é€😀\u{2028}\u{7f}end");
+        let mut json = String::new();
+        push_json_str(&mut json, &value);
+        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), value);
+        let mut plain = String::new();
+        push_json_str(&mut plain, "GET /api/orga/credentials");
+        assert_eq!(plain, "\"GET /api/orga/credentials\"");
     }
 
     #[test]
