@@ -256,7 +256,12 @@ mod tests {
             serde_json::to_string(&many).unwrap(),
             r#"{"urls":["turn:t:3478"],"username":"u","credential":"c"}"#
         );
-        for shape in [r#"{"urls":3}"#, r#"{"urls":{"a":"b"}}"#, r#"{"urls":[1]}"#, "{}"] {
+        for shape in [
+            r#"{"urls":3}"#,
+            r#"{"urls":{"a":"b"}}"#,
+            r#"{"urls":[1]}"#,
+            "{}",
+        ] {
             assert!(serde_json::from_str::<IceServer>(shape).is_err(), "{shape}");
         }
     }
