@@ -156,14 +156,19 @@ impl Transport {
         }
     }
 
-    /// Returns a connection whose answer was read in full.
+    /// Returns a connection whose answer was read in full. The list is a stack, oldest
+    /// first: connections left at the bottom after a burst are closed here once idle past
+    /// [`POOL_IDLE_TIMEOUT`], rather than kept open until the server closes them.
     fn checkin(&self, sender: http1::SendRequest<Body>) {
+        let now = Instant::now();
         let mut idle = self.idle();
+        let stale = idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= POOL_IDLE_TIMEOUT)
+            .count();
+        idle.drain(..stale);
         if idle.len() < MAX_IDLE && !sender.is_closed() {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since: now });
         }
     }
 
