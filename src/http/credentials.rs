@@ -70,8 +70,7 @@ async fn admit(
 
 /// `GET` / `POST {server.credentials_path}`. Never cached, never shared: each call
 /// mints its own token upstream. What the request's log line needs (upstream timings,
-/// a pool hit) travels as response extensions: recording it on the span would cost a
-/// JSON re-parse of the span's fields per `record` call.
+/// a pool hit) travels as response extensions, which the edge reads once.
 pub async fn credentials(State(state): State<AppState>) -> Response {
     if let Some(credentials) = state.pool.as_ref().and_then(|pool| pool.take()) {
         let mut response = respond(credentials);
