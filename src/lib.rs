@@ -142,9 +142,8 @@ pub async fn serve_on_workers(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let routers = (0..state.config.server.worker_threads())
-        .map(|_| state.for_worker().map(http::router))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(std::io::Error::other)?;
+        .map(|_| http::router(state.for_worker()))
+        .collect();
     serve_with(Routers::Workers(routers), state, listener, shutdown).await
 }
 

@@ -1,6 +1,8 @@
-//! Outbound HTTP policy, shared by every client this service builds (Orga, the JWKS
-//! fetcher, `healthcheck`): built from scratch, no redirects followed, no system proxy,
-//! explicit timeouts, and answers read only up to a cap.
+//! Outbound HTTP policy, shared by every client this service builds: built from scratch,
+//! no redirects followed, no system proxy, explicit timeouts, and answers read only up
+//! to a cap. The JWKS fetcher and `healthcheck` use [`client`]; the Orga calls apply
+//! the same policy on hyper (`crate::orga::transport`), with [`USER_AGENT`] and
+//! [`connect_timeout`] from here.
 
 use reqwest::{ClientBuilder, Response, redirect};
 use std::time::Duration;
@@ -10,6 +12,11 @@ pub const USER_AGENT: &str = concat!("orga-proxy/", env!("CARGO_PKG_VERSION"));
 /// Connecting is never allowed more than this, even with a longer total timeout.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long connecting may take for requests with `timeout` in total.
+pub fn connect_timeout(timeout: Duration) -> Duration {
+    timeout.min(MAX_CONNECT_TIMEOUT)
+}
+
 /// A client builder with the policy applied and `timeout` as the total deadline of
 /// each request (connecting within `min(timeout, 5 s)`).
 pub fn client(timeout: Duration) -> ClientBuilder {
@@ -17,7 +24,7 @@ pub fn client(timeout: Duration) -> ClientBuilder {
         .user_agent(USER_AGENT)
         .redirect(redirect::Policy::none())
         .no_proxy()
-        .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
+        .connect_timeout(connect_timeout(timeout))
         .timeout(timeout)
         .tcp_nodelay(true)
 }

@@ -34,11 +34,11 @@ impl AppState {
     /// The same state with its own upstream connection pool, for one worker thread:
     /// a worker then never waits on a connection task living on another thread. The
     /// circuit breaker, limits and everything else stay shared.
-    pub fn for_worker(&self) -> Result<Self, String> {
-        Ok(Self {
-            orga: self.orga.with_own_connections()?,
+    pub fn for_worker(&self) -> Self {
+        Self {
+            orga: self.orga.with_own_connections(),
             ..self.clone()
-        })
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! One middleware rather than a layer per concern: each axum layer costs about 1.6 µs
 //! of CPU a request (a boxed future and a clone of the service behind it; ten no-op
-//! layers added 16 µs), and the hot path is a hundred or so.
+//! layers added 16 µs), against about 85 µs of CPU for a whole credentials request.
 
 use super::cors::{AllowedOrigins, Cors};
 use super::credentials::PoolHit;

@@ -21,9 +21,7 @@ impl ConcurrencyLimit {
     pub fn new(limit: usize) -> Self {
         Self(Arc::new(Semaphore::new(limit)))
     }
-}
 
-impl ConcurrencyLimit {
     /// A slot for the whole request (held until the permit drops), or the 503 refusal,
     /// without waiting.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {

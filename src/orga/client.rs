@@ -93,9 +93,9 @@ impl OrgaClient {
     /// Each serving thread takes one (see [`crate::AppState::for_worker`]): a request
     /// whose pooled connection was opened on another thread would wake that thread
     /// twice per call.
-    pub fn with_own_connections(&self) -> Result<Self, String> {
+    pub fn with_own_connections(&self) -> Self {
         let inner = &self.inner;
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 http: inner.http.with_own_connections(),
                 client_secrets_url: inner.client_secrets_url.clone(),
@@ -104,7 +104,7 @@ impl OrgaClient {
                 timeout: inner.timeout,
                 breaker: inner.breaker.clone(),
             }),
-        })
+        }
     }
 
     /// The circuit breaker's state, for `/readyz`.

@@ -25,8 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
-/// Connecting is never allowed more than this, even with a longer total timeout.
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pooled connections idle this long are closed rather than reused.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most idle HTTP/1.1 connections a pool keeps; more are closed as they free up.
@@ -88,7 +86,7 @@ impl Transport {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout.min(MAX_CONNECT_TIMEOUT)));
+        http.set_connect_timeout(Some(crate::outbound::connect_timeout(timeout)));
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls.clone())
             .https_or_http()
