@@ -168,21 +168,13 @@ async fn serve_with(
         tracing::info!(deadline = ?deadline, "shutdown requested: draining in-flight requests");
         let _ = draining_tx.send(true);
     };
-    let (cut_tx, cutoff) = http::drain::cutoff();
-    let cut = |router: axum::Router| {
-        router.layer(axum::middleware::from_fn_with_state(
-            cutoff.clone(),
-            http::drain::cut_at_deadline,
-        ))
-    };
     let header_read_timeout = state.config.server.header_read_timeout;
     let server = async move {
         match routers {
             Routers::Here(router) => {
-                http::server::serve(listener, cut(router), header_read_timeout, signal).await
+                http::server::serve(listener, router, header_read_timeout, signal).await
             }
             Routers::Workers(routers) => {
-                let routers = routers.into_iter().map(cut).collect();
                 http::server::serve_on_workers(listener, routers, header_read_timeout, signal).await
             }
         }
@@ -198,7 +190,7 @@ async fn serve_with(
         result = server => result?,
         () = hard_stop => {
             tracing::warn!(deadline = ?deadline, "drain deadline passed: ending the requests still open");
-            let _ = cut_tx.send(true);
+            state.readiness.cut_open_requests();
             // A moment for those 503s to be written before the caller (often `main`)
             // tears the runtime down.
             tokio::time::sleep(CUT_FLUSH_GRACE).await;

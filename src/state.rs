@@ -2,12 +2,14 @@
 
 use crate::config::Config;
 use crate::http::cors::AllowedOrigins;
+use crate::http::drain::Cutoff;
 use crate::http::overload::ConcurrencyLimit;
 use crate::orga::OrgaClient;
 use crate::pool::CredentialPool;
 use crate::ratelimit::RateLimit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
 
 /// Shared by every request; all fields are cheap clones.
 #[derive(Clone)]
@@ -43,14 +45,37 @@ impl AppState {
 }
 
 /// What `/readyz` reports: not ready while draining, or while any registered
-/// dependency (JWKS keys, Redis...) says it is not loaded.
-#[derive(Debug, Default)]
+/// dependency (JWKS keys, Redis...) says it is not loaded. Also the switch that ends
+/// the requests still open when the drain deadline passes (see [`crate::http::drain`]).
+#[derive(Debug)]
 pub struct Readiness {
     draining: AtomicBool,
     dependencies: RwLock<Vec<(&'static str, Arc<AtomicBool>)>>,
+    cut: watch::Sender<bool>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            dependencies: RwLock::default(),
+            cut: watch::Sender::new(false),
+        }
+    }
 }
 
 impl Readiness {
+    /// Answers every request still open 503 `unavailable` now (the drain deadline
+    /// has passed), and every later one at once.
+    pub fn cut_open_requests(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// What the edge watches for [`Readiness::cut_open_requests`].
+    pub(crate) fn cutoff(&self) -> Cutoff {
+        Cutoff(self.cut.subscribe())
+    }
+
     /// Marks the process as draining: `/readyz` answers 503 from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);

@@ -1,6 +1,6 @@
 //! The middleware in front of every route, as one function. Outermost first: metrics,
-//! the request id, the request's span and its one log line, CORS, size limits and the
-//! request deadline.
+//! the request id, the request's span and its one log line, the drain cutoff, CORS,
+//! size limits and the request deadline.
 //!
 //! One middleware rather than a layer per concern: each axum layer costs about 1.6 µs
 //! of CPU a request (a boxed future and a clone of the service behind it; ten no-op
@@ -8,6 +8,7 @@
 
 use super::cors::{AllowedOrigins, Cors};
 use super::credentials::PoolHit;
+use super::drain::{self, Cutoff};
 use super::observe::Observation;
 use super::{limits, request_id};
 use crate::auth::Subject;
@@ -28,6 +29,8 @@ pub struct Edge {
     pub origins: Arc<AllowedOrigins>,
     /// `server.request_timeout`.
     pub request_timeout: Duration,
+    /// The end of the drain ([`super::drain`]).
+    pub cutoff: Cutoff,
 }
 
 /// The middleware (see the module documentation).
@@ -36,7 +39,8 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut request: Request, next: Nex
     let id = request_id::assign(&mut request);
     let span = make_span(&request, &id);
     let started = Instant::now();
-    let mut response = guarded(&edge, request, next).instrument(span.clone()).await;
+    let answer = drain::or_cut(&edge.cutoff, guarded(&edge, request, next));
+    let mut response = answer.instrument(span.clone()).await;
     span.in_scope(|| log_answer(&response, started.elapsed()));
     response
         .headers_mut()

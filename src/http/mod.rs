@@ -27,10 +27,10 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 ///
 /// In front of every route, outermost first: the sensitive headers are marked (so no
 /// `Debug` print of the request shows them), then [`edge::edge`]: metrics, request id,
-/// the request's span and log line, CORS, limits and the request deadline. The
-/// credentials route adds [`credentials::gate`]: the per-client rate limit, auth, the
-/// per-subject limit, then load shedding. Health, readiness and CORS preflights never
-/// reach the gate.
+/// the request's span and log line, the drain cutoff, CORS, limits and the request
+/// deadline. The credentials route adds [`credentials::gate`]: the per-client rate
+/// limit, auth, the per-subject limit, then load shedding. Health, readiness and CORS
+/// preflights never reach the gate.
 pub fn router(state: AppState) -> Router {
     // HEAD is refused explicitly: axum would otherwise run the GET handler for it and
     // mint a billable token whose body is thrown away (a monitoring probe would burn quota).
@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         credentials_path: state.config.server.credentials_path.as_str().into(),
         origins: state.origins.clone(),
         request_timeout: state.config.server.request_timeout,
+        cutoff: state.readiness.cutoff(),
     });
 
     Router::new()

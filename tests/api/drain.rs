@@ -148,8 +148,10 @@ async fn a_request_slower_than_the_drain_deadline_does_not_keep_the_server_alive
         .expect("the unfinished request is ended, not left hanging")
         .unwrap();
     if let Ok(response) = outcome {
-        // Answered before the connection closed: the contract's 503, never a hang.
+        // Answered before the connection closed: the contract's 503, never a hang,
+        // and through the edge like any other answer (request id, log line).
         assert_eq!(response.status(), 503);
+        assert!(response.headers().contains_key("x-request-id"));
         assert_eq!(error_code(response).await, "unavailable");
     }
 }
