@@ -78,7 +78,7 @@ pub fn app_with_clock(
         origins.clone(),
     )?;
     let rate_limit = ratelimit::RateLimit::with_clock(&config.rate_limit, &readiness, clock)?;
-    let state = AppState {
+    let state = AppState::new(state::Shared {
         config,
         orga,
         readiness,
@@ -87,7 +87,7 @@ pub fn app_with_clock(
         pool,
         origins,
         shed: http::overload::ConcurrencyLimit::new(config_limit),
-    };
+    });
     Ok((http::router(state.clone()), state))
 }
 

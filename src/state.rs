@@ -11,9 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
-/// Shared by every request; all fields are cheap clones.
+/// Shared by every request of one router. A clone is one reference count (axum clones
+/// the state for each handler and middleware that takes it), and that count is the
+/// router's own: one `Arc` per field would be counted up and down several times a
+/// request on counters every serving thread shares.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] holds; all fields are cheap clones.
+#[derive(Clone)]
+pub struct Shared {
     /// The validated configuration.
     pub config: Arc<Config>,
     /// The upstream client (one connection pool).
@@ -33,14 +40,27 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The state over `shared`.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+
     /// The same state with its own upstream connection pool, for one worker thread:
     /// a worker then never waits on a connection task living on another thread. The
     /// circuit breaker, limits and everything else stay shared.
     pub fn for_worker(&self) -> Self {
-        Self {
+        Self::new(Shared {
             orga: self.orga.with_own_connections(),
-            ..self.clone()
-        }
+            ..Shared::clone(&self.0)
+        })
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }
 
