@@ -28,7 +28,10 @@ impl EphemeralToken {
     /// `Bearer <token>` as a sensitive header value.
     pub(crate) fn bearer(&self) -> HeaderValue {
         // validate() has checked the token is visible ASCII, so this cannot fail.
-        let mut value = HeaderValue::try_from(format!("Bearer {}", self.0))
+        let mut bearer = String::with_capacity("Bearer ".len() + self.0.len());
+        bearer.push_str("Bearer ");
+        bearer.push_str(&self.0);
+        let mut value = HeaderValue::try_from(bearer)
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
         value.set_sensitive(true);
         value

@@ -14,6 +14,7 @@ async fn get_returns_a_token_and_ice_servers_with_no_store() {
     let response = app.get_credentials().await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(response.headers()["content-type"], "application/json");
     let body: Value = response.json().await.unwrap();
     assert!(
         body["ephemeralToken"]
