@@ -66,7 +66,9 @@ where
             "{}",
             humantime::format_rfc3339_micros(std::time::SystemTime::now())
         );
-        let _ = write!(line, "\",\"level\":\"{}\"", meta.level());
+        line.push_str("\",\"level\":\"");
+        line.push_str(meta.level().as_str());
+        line.push('"');
         event.record(&mut JsonVisitor(&mut line));
         line.push_str(",\"target\":");
         push_json_str(&mut line, meta.target());
@@ -79,8 +81,8 @@ where
             }
             line.push('}');
         }
-        line.push('}');
-        writeln!(writer, "{line}")
+        line.push_str("}\n");
+        writer.write_str(&line)
     }
 }
 
@@ -102,8 +104,11 @@ impl Visit for JsonVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        // Escaped as it is written: no string of its own (the message is one of these).
         self.key(field);
-        push_json_str(self.0, &format!("{value:?}"));
+        self.0.push('"');
+        let _ = write!(Escaped(self.0), "{value:?}");
+        self.0.push('"');
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
@@ -118,12 +123,12 @@ impl Visit for JsonVisitor<'_> {
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
-        let _ = write!(self.0, "{value}");
+        self.0.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        let _ = write!(self.0, "{value}");
+        self.0.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -132,10 +137,26 @@ impl Visit for JsonVisitor<'_> {
     }
 }
 
-/// Appends `value` as a JSON string literal. Runs of characters that need no escape
-/// (nearly all of them) are copied whole.
+/// Appends `value` as a JSON string literal.
 fn push_json_str(out: &mut String, value: &str) {
     out.push('"');
+    push_escaped(out, value);
+    out.push('"');
+}
+
+/// A JSON string's contents, written through `fmt`.
+struct Escaped<'a>(&'a mut String);
+
+impl fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        push_escaped(self.0, s);
+        Ok(())
+    }
+}
+
+/// Appends `value` escaped for a JSON string. Runs of characters that need no escape
+/// (nearly all of them) are copied whole.
+fn push_escaped(out: &mut String, value: &str) {
     let mut plain = 0;
     for (i, byte) in value.bytes().enumerate() {
         // Only ASCII bytes are ever escaped, so `i` is always a character boundary here.
@@ -157,7 +178,6 @@ fn push_json_str(out: &mut String, value: &str) {
         plain = i + 1;
     }
     out.push_str(&value[plain..]);
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -263,6 +283,19 @@ mod tests {
         assert_eq!(out.len(), 1, "one line, still valid JSON");
         assert_eq!(out[0]["value"], "a\"}\n{\"level\":\"ERROR\u{1}");
         assert_eq!(out[0]["level"], "WARN");
+    }
+
+    #[test]
+    fn hostile_display_and_debug_values_and_messages_stay_in_their_string() {
+        let hostile = "b\"}\n{\"level\":\"ERROR\u{1}\\";
+        let out = lines(|| {
+            tracing::error!(shown = %hostile, debugged = ?hostile, "say {hostile}");
+        });
+        assert_eq!(out.len(), 1, "one line, still valid JSON");
+        assert_eq!(out[0]["shown"], hostile);
+        assert_eq!(out[0]["debugged"], format!("{hostile:?}"));
+        assert_eq!(out[0]["message"], format!("say {hostile}"));
+        assert_eq!(out[0]["level"], "ERROR");
     }
 
     #[test]
