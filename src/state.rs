@@ -66,7 +66,7 @@ impl std::ops::Deref for AppState {
 
 /// What `/readyz` reports: not ready while draining, or while any registered
 /// dependency (JWKS keys, Redis...) says it is not loaded. Also the switch that ends
-/// the requests still open when the drain deadline passes (see [`crate::http::drain`]).
+/// the requests still open when the drain deadline passes (see `http::drain`).
 #[derive(Debug)]
 pub struct Readiness {
     draining: AtomicBool,

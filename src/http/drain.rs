@@ -14,10 +14,10 @@ use tokio::sync::watch;
 
 /// Flips once, when the drain deadline passes.
 #[derive(Debug, Clone)]
-pub struct Cutoff(pub(crate) watch::Receiver<bool>);
+pub(crate) struct Cutoff(pub(crate) watch::Receiver<bool>);
 
 /// The request's answer, or 503 if the drain deadline comes first.
-pub async fn or_cut(cutoff: &Cutoff, answer: impl Future<Output = Response>) -> Response {
+pub(crate) async fn or_cut(cutoff: &Cutoff, answer: impl Future<Output = Response>) -> Response {
     let mut cut = cutoff.0.clone();
     let deadline = async move {
         if cut.wait_for(|cut| *cut).await.is_err() {

@@ -2,7 +2,7 @@
 
 pub mod cors;
 mod credentials;
-pub mod drain;
+pub(crate) mod drain;
 mod edge;
 mod health;
 mod limits;
