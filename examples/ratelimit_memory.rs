@@ -8,7 +8,8 @@
 //! needs its own entry), on a simulated clock so the run takes seconds. Measured on
 //! Linux from /proc/self/status; elsewhere it prints the key counts only.
 
-use orga_proxy::ratelimit::{ClientKey, LimiterClock, LocalLimiter, Rate};
+use orga_proxy::clock::Clock;
+use orga_proxy::ratelimit::{ClientKey, LocalLimiter, Rate};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,12 +34,12 @@ fn main() {
 }
 
 fn run(label: &str, rate: Rate, max_keys: usize) {
-    let (clock, fake) = LimiterClock::manual();
+    let clock = Clock::manual(std::time::SystemTime::now());
     let limiter = Arc::new(LocalLimiter::<ClientKey>::new(
         rate,
         max_keys,
         Duration::from_secs(30),
-        clock,
+        clock.clone(),
     ));
     let step = Duration::from_secs(10) / CLIENTS;
     let started = Instant::now();
@@ -49,7 +50,7 @@ fn run(label: &str, rate: Rate, max_keys: usize) {
         if limiter.check(&ClientKey::new(ip, 64)).is_admitted() {
             admitted += 1;
         }
-        fake.advance(step);
+        clock.advance(step);
     }
     let elapsed = started.elapsed();
     report(label, limiter.tracked(), rss_kib());
@@ -64,7 +65,7 @@ fn run(label: &str, rate: Rate, max_keys: usize) {
         ""
     );
     // Everyone goes idle: past the refill time the sweep drops every entry.
-    fake.advance(rate.full_refill() + Duration::from_secs(1));
+    clock.advance(rate.full_refill() + Duration::from_secs(1));
     limiter.sweep();
     report("  after the idle sweep", limiter.tracked(), rss_kib());
 }

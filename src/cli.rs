@@ -1,8 +1,10 @@
 //! The command line: `serve` (default), `dev`, `mock-upstream`, `check-config`,
 //! `healthcheck`. Exit status 2 means a configuration problem, 1 any other failure.
 
-use crate::config::{self, Config, Secret};
+use crate::config::{self, Config, Mode};
+use crate::http::server::ServeOptions;
 use crate::orga::mock::{self, MockOptions};
+use crate::secret::Secret;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,11 +80,11 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     let path = cli.config.as_deref();
     let code = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => match load(path, false) {
+        Command::Serve => match load(path, Mode::Serve) {
             Ok(config) => runtime.block_on(serve(config)),
             Err(code) => code,
         },
-        Command::Dev => match load(path, true) {
+        Command::Dev => match load(path, Mode::Dev) {
             Ok(config) => runtime.block_on(dev(config)),
             Err(code) => code,
         },
@@ -97,7 +99,7 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             runtime.block_on(mock_upstream(listen, options))
         }
-        Command::CheckConfig => match config::load(path, false) {
+        Command::CheckConfig => match config::load(path, Mode::Serve) {
             Ok((config, source)) => {
                 let from = source
                     .file
@@ -112,8 +114,7 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::Healthcheck { url, timeout } => {
             let url = url.unwrap_or_else(|| {
-                let listen = config::load_lenient(path).server.listen;
-                let port = listen.parse::<SocketAddr>().map_or(8080, |a| a.port());
+                let port = config::load_lenient(path).server.listen.port();
                 format!("http://127.0.0.1:{port}/healthz")
             });
             runtime.block_on(healthcheck(&url, timeout))
@@ -125,8 +126,8 @@ pub fn run(cli: Cli) -> ExitCode {
     code
 }
 
-fn load(path: Option<&std::path::Path>, dev: bool) -> Result<Config, ExitCode> {
-    config::load(path, dev)
+fn load(path: Option<&std::path::Path>, mode: Mode) -> Result<Config, ExitCode> {
+    config::load(path, mode)
         .map(|(c, _)| c)
         .map_err(|e| config_failure(&e))
 }
@@ -139,7 +140,7 @@ fn config_failure(error: &config::ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn bind(addr: &str) -> Result<TcpListener, ExitCode> {
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ExitCode> {
     TcpListener::bind(addr).await.map_err(|e| {
         tracing::error!(%addr, error = %e, "cannot listen");
         ExitCode::FAILURE
@@ -152,11 +153,8 @@ async fn serve(config: Config) -> ExitCode {
         Ok(both) => both,
         Err(code) => return code,
     };
-    let addr = listener
-        .local_addr()
-        .map_or_else(|_| config.server.listen.clone(), |a| a.to_string());
     tracing::info!(
-        listen = %addr,
+        listen = %local_addr(&listener),
         metrics_listen = %metrics.as_ref().map_or_else(|| "off".into(), local_addr),
         credentials_path = %config.server.credentials_path,
         orga_base_url = %config.orga.base_url,
@@ -168,10 +166,10 @@ async fn serve(config: Config) -> ExitCode {
 
 /// Binds the public listener and, unless `server.metrics_listen` is `""`, the metrics one.
 async fn bind_both(config: &Config) -> Result<(TcpListener, Option<TcpListener>), ExitCode> {
-    let listener = bind(&config.server.listen).await?;
-    let metrics = match config.server.metrics_listen.as_str() {
-        "" => None,
-        addr => Some(bind(addr).await?),
+    let listener = bind(config.server.listen).await?;
+    let metrics = match config.server.metrics_listen {
+        None => None,
+        Some(addr) => Some(bind(addr).await?),
     };
     Ok((listener, metrics))
 }
@@ -185,40 +183,34 @@ fn local_addr(listener: &TcpListener) -> String {
 
 async fn dev(mut config: Config) -> ExitCode {
     crate::telemetry::init(&config.log);
-    let mock = match bind("127.0.0.1:0").await {
+    let mock = match bind(SocketAddr::from(([127, 0, 0, 1], 0))).await {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let mock_addr = mock
-        .local_addr()
-        .map_or_else(|_| "127.0.0.1:0".into(), |a| a.to_string());
-    tokio::spawn(async move {
-        let _ = axum::serve(mock, mock::router(MockOptions::default())).await;
-    });
-    config.orga.base_url = format!("http://{mock_addr}");
+    let mock_addr = local_addr(&mock);
+    tokio::spawn(crate::http::server::serve(
+        mock,
+        mock::router(MockOptions::default()),
+        MOCK_SERVE_OPTIONS,
+        std::future::pending(),
+    ));
+    let Ok(base_url) = format!("http://{mock_addr}").parse() else {
+        tracing::error!(%mock_addr, "cannot address the embedded fake Orga Cloud");
+        return ExitCode::FAILURE;
+    };
+    config.orga.base_url = base_url;
     config.orga.api_key = Secret::new(format!("{}dev_fake", mock::API_KEY_PREFIX));
-    config.orga.user_email = "dev@example.com".into();
-    config
-        .cors
-        .allowed_origins
-        .extend(["http://localhost:*".into(), "http://127.0.0.1:*".into()]);
-    let port = config
-        .server
-        .listen
-        .parse::<SocketAddr>()
-        .map_or(8080, |a| a.port());
-    config.server.listen = format!("127.0.0.1:{port}");
-    if let Ok(metrics) = config.server.metrics_listen.parse::<SocketAddr>() {
-        config.server.metrics_listen = format!("127.0.0.1:{}", metrics.port());
+    config.cors.allowed_origins = config.cors.allowed_origins.with_local_development();
+    config.server.listen.set_ip([127, 0, 0, 1].into());
+    if let Some(metrics) = &mut config.server.metrics_listen {
+        metrics.set_ip([127, 0, 0, 1].into());
     }
     let (listener, metrics) = match bind_both(&config).await {
         Ok(both) => both,
         Err(code) => return code,
     };
     let banner = "DEV MODE: credentials come from an embedded FAKE Orga Cloud and will not open real calls; never expose this";
-    let addr = listener
-        .local_addr()
-        .map_or_else(|_| config.server.listen.clone(), |a| a.to_string());
+    let addr = local_addr(&listener);
     tracing::warn!(listen = %addr, credentials_path = %config.server.credentials_path, "{banner}");
     eprintln!(
         "\n  *** {banner} ***\n  credentials: http://{addr}{}\n",
@@ -227,22 +219,24 @@ async fn dev(mut config: Config) -> ExitCode {
     finish(crate::run_with_metrics(Arc::new(config), listener, metrics, shutdown_signal()).await)
 }
 
-/// The fake's limit on silent or slow clients.
-const MOCK_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How the fake serves: a generous limit on silent or slow clients, HTTP/1.1 only.
+const MOCK_SERVE_OPTIONS: ServeOptions = ServeOptions {
+    header_read_timeout: Duration::from_secs(30),
+    http2: false,
+    max_connections: None,
+};
 
 async fn mock_upstream(listen: SocketAddr, options: MockOptions) -> ExitCode {
     crate::telemetry::init(&config::LogConfig::default());
-    let listener = match bind(&listen.to_string()).await {
+    let listener = match bind(listen).await {
         Ok(l) => l,
         Err(code) => return code,
     };
-    tracing::warn!(%listen, latency = ?options.latency, "fake Orga Cloud listening (tokens are fake)");
-    // One serving thread: the fake's work is tiny, and a benchmark sharing the machine
-    // with it measured a third less CPU per call than on the work-stealing runtime.
-    let result = crate::http::server::serve_on_workers(
+    tracing::warn!(listen = %local_addr(&listener), latency = ?options.latency, "fake Orga Cloud listening (tokens are fake)");
+    let result = crate::http::server::serve(
         listener,
-        vec![mock::router(options)],
-        MOCK_HEADER_READ_TIMEOUT,
+        mock::router(options),
+        MOCK_SERVE_OPTIONS,
         shutdown_signal(),
     )
     .await;
@@ -260,14 +254,14 @@ fn finish(result: std::io::Result<()>) -> ExitCode {
 }
 
 async fn healthcheck(url: &str, timeout: Duration) -> ExitCode {
-    let client = match crate::outbound::client(timeout).build() {
+    let client = match crate::outbound::client() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("healthcheck: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match client.get(url).send().await {
+    match client.get(url).timeout(timeout).send().await {
         Ok(r) if r.status() == reqwest::StatusCode::OK => ExitCode::SUCCESS,
         Ok(r) => {
             eprintln!("healthcheck: {url} answered {}", r.status());

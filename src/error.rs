@@ -21,6 +21,8 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 413: the body is over the limit.
     PayloadTooLarge,
+    /// 414: the request target is over the limit.
+    UriTooLong,
     /// 431: the headers are over the limit.
     HeadersTooLarge,
     /// 429: a rate-limit budget is spent.
@@ -36,6 +38,11 @@ pub enum ApiError {
     UpstreamAuthFailed,
     /// 502: Orga unreachable, 5xx, or a malformed answer.
     Upstream,
+    /// 503: Orga answered 429 (this account is over Orga's limits).
+    UpstreamRateLimited {
+        /// Orga's `Retry-After`, clamped; sent on as ours.
+        retry_after: Duration,
+    },
     /// 503: draining, overloaded, or the upstream circuit is open.
     Unavailable {
         /// Why, for the message.
@@ -56,10 +63,13 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamAuthFailed | Self::Upstream => StatusCode::BAD_GATEWAY,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::UpstreamRateLimited { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -72,10 +82,12 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamAuthFailed => "upstream_auth_failed",
             Self::Upstream => "upstream_error",
+            Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
             Self::Unavailable { .. } => "unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
         }
@@ -85,7 +97,10 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self {
             Self::Unauthorized(_) => "authentication_error",
-            Self::UpstreamAuthFailed | Self::Upstream | Self::UpstreamTimeout => "upstream_error",
+            Self::UpstreamAuthFailed
+            | Self::Upstream
+            | Self::UpstreamTimeout
+            | Self::UpstreamRateLimited { .. } => "upstream_error",
             Self::Unavailable { .. } => "server_error",
             Self::RateLimited { .. } => "rate_limit_error",
             _ => "invalid_request_error",
@@ -99,6 +114,11 @@ impl ApiError {
             Self::MethodNotAllowed => "This route does not accept this method.".into(),
             Self::PayloadTooLarge => "The request body is larger than this service accepts.".into(),
             Self::HeadersTooLarge => "The request headers are larger than this service accepts.".into(),
+            Self::UriTooLong => "The request target (path and query) is longer than this service accepts.".into(),
+            Self::UpstreamRateLimited { retry_after } => format!(
+                "Orga Cloud is limiting this service's account; try again in {} s.",
+                retry_after_secs(*retry_after)
+            ),
             Self::RateLimited { retry_after, .. } => format!(
                 "Too many requests; try again in {} s.",
                 retry_after_secs(*retry_after)
@@ -131,7 +151,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::Unavailable { retry_after, .. } => {
+            Self::Unavailable { retry_after, .. } | Self::UpstreamRateLimited { retry_after } => {
                 headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
             }
             Self::RateLimited {

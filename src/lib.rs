@@ -3,20 +3,24 @@
 //!
 //! Layout, in the order a request meets it:
 //! - [`cli`]: `serve | dev | mock-upstream | check-config | healthcheck`.
-//! - [`config`]: the typed configuration, its layers and validation; [`config::Secret`].
-//! - [`http`]: the router and its middleware stack (request id, trace, CORS, limits),
-//!   the credentials handler and the health probes.
+//! - [`config`]: the typed configuration, its layers and validation.
+//! - [`http`]: the router and its declared middleware stack (request id, trace,
+//!   metrics, drain, limits, CORS, deadline, then the gate), the handlers, the server.
 //! - [`ratelimit`]: per-client and per-subject budgets (memory or Redis).
-//! - [`auth`]: who may call the credentials route (none, API keys, JWT with a JWKS cache).
+//! - [`auth`]: who may call the billable routes (none, API keys, JWT with a JWKS cache).
+//! - [`pool`]: credentials minted ahead of demand (opt-in).
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
+//! - [`store`]: the Redis connection replicas share state through.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
 //! - [`metrics`]: the Prometheus recorder and the separate `/metrics` listener.
-//! - [`state`], [`telemetry`]: shared handles and logging.
+//! - [`state`], [`readiness`], [`clock`], [`secret`], [`outbound`], [`telemetry`]:
+//!   shared handles, lifecycle, time, secrets, outbound HTTP and logging.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -25,75 +29,83 @@ pub mod orga;
 pub mod outbound;
 pub mod pool;
 pub mod ratelimit;
+pub mod readiness;
+pub mod secret;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 
+use arc_swap::ArcSwap;
+use clock::Clock;
 use config::Config;
-use http::cors::AllowedOrigins;
-use state::{AppState, Readiness};
+use http::server::ServeOptions;
+use readiness::Readiness;
+use state::AppState;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// After the drain deadline, how long the requests cut short get to send their 503.
-const CUT_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+const CUT_FLUSH_GRACE: Duration = Duration::from_millis(100);
+/// Connections the metrics listener holds at once: a scraper needs one or two, and a
+/// cap means silent connections there can never take the public port's descriptors.
+const METRICS_MAX_CONNECTIONS: usize = 64;
 
 /// Builds the application state and router from a validated configuration. Starts
-/// background tasks (the pool's refill), so call it inside a Tokio runtime.
+/// background tasks (the pool's refill, the JWKS and Redis upkeep), so call it inside
+/// a Tokio runtime.
 pub fn app(config: Arc<Config>) -> Result<(axum::Router, AppState), String> {
-    app_with_clock(config, ratelimit::LimiterClock::monotonic())
+    app_with_clock(config, Clock::system())
 }
 
-/// As [`app`], with the in-memory rate-limit budgets on `clock` (tests advance a fake one).
+/// As [`app`], with every component reading time from `clock` (tests advance it).
 pub fn app_with_clock(
     config: Arc<Config>,
-    clock: ratelimit::LimiterClock,
+    clock: Clock,
 ) -> Result<(axum::Router, AppState), String> {
     metrics::spawn_upkeep();
-    let orga = orga::OrgaClient::new(&config.orga)?;
-    let origins =
-        AllowedOrigins::parse(&config.cors.allowed_origins, config.cors.allow_credentials)?;
+    let readiness = Arc::new(Readiness::default());
+    let http = outbound::client()?;
+    let orga = orga::OrgaClient::new(&config.orga, http.clone(), clock.clone())?;
+    let cors = Arc::new(ArcSwap::from_pointee(config.cors.clone()));
     let pool = config.pool.enabled.then(|| {
         let client = orga.clone();
         // A refill has no caller waiting; it gets the same deadline a request would.
         let request_timeout = config.server.request_timeout;
         let mint: pool::Mint = Arc::new(move || {
             let client = client.clone();
-            let deadline = std::time::Instant::now() + request_timeout;
             Box::pin(async move {
-                client
-                    .session_credentials(deadline, &mut Default::default())
-                    .await
+                let deadline = std::time::Instant::now() + request_timeout;
+                client.session_credentials(deadline).await
             })
         });
         pool::CredentialPool::start(&config.pool, mint)
     });
-    let readiness = Arc::new(Readiness::default());
-    let config_limit = config.server.concurrency_limit;
-    let origins = Arc::new(origins);
-    let authenticator = auth::Authenticator::new(
-        &config.auth,
-        &readiness,
-        Arc::new(auth::SystemClock),
-        origins.clone(),
-    )?;
-    let rate_limit = ratelimit::RateLimit::with_clock(&config.rate_limit, &readiness, clock)?;
+    let redis = store::RedisConnection::from_config(&config, &readiness)?;
+    let authenticator =
+        auth::Authenticator::new(&config.auth, &readiness, clock.clone(), cors.clone(), http)?;
+    let rate_limit = ratelimit::RateLimit::new(
+        &config.rate_limit,
+        redis.as_ref(),
+        &config.redis,
+        clock.clone(),
+    );
     let state = AppState::new(state::Shared {
+        concurrency: Arc::new(tokio::sync::Semaphore::new(config.server.concurrency_limit)),
         config,
+        cors,
         orga,
         readiness,
         rate_limit,
         authenticator,
         pool,
-        origins,
-        shed: http::overload::ConcurrencyLimit::new(config_limit),
+        clock,
     });
     Ok((http::router(state.clone()), state))
 }
 
-/// Serves the proxy on `listener` until `shutdown` resolves, then drains: readiness
-/// turns 503, the listener closes, in-flight requests finish, and after
-/// `server.shutdown_timeout` the requests still open are answered 503 and `run` returns.
+/// Serves the proxy on `listener` until `shutdown` resolves, then drains (see [`serve`]).
 pub async fn run(
     config: Arc<Config>,
     listener: TcpListener,
@@ -111,73 +123,60 @@ pub async fn run_with_metrics(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (_, state) = app(config.clone()).map_err(std::io::Error::other)?;
-    let metrics_server = metrics_listener
-        .map(|listener| tokio::spawn(metrics::serve(listener, std::future::pending())));
-    let result = serve_on_workers(state, listener, shutdown).await;
+    let (router, state) = app(config.clone()).map_err(std::io::Error::other)?;
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = metrics_listener.map(|listener| {
+        let options = ServeOptions {
+            header_read_timeout: config.server.header_read_timeout,
+            http2: false,
+            max_connections: Some(METRICS_MAX_CONNECTIONS),
+        };
+        tokio::spawn(http::server::serve(
+            listener,
+            metrics::router(),
+            options,
+            async move {
+                let _ = metrics_stopped.await;
+            },
+        ))
+    });
+    let result = serve(router, state, listener, shutdown).await;
+    let _ = metrics_stop.send(());
     if let Some(task) = metrics_server {
-        // Stopped outright rather than drained: a scraper holding a keep-alive
-        // connection must not keep the process alive past the drain deadline.
-        task.abort();
+        // A scraper's keep-alive connection must not hold the process past the drain.
+        let _ = tokio::time::timeout(CUT_FLUSH_GRACE, task).await;
     }
     result
 }
 
-/// Serves an already-built router (see [`app`]) on the current runtime, with graceful
-/// drain.
+/// Serves an already-built router (see [`app`]) until `shutdown` resolves, then drains:
+/// readiness turns 503 and, after `server.shutdown_delay`, the listener closes and
+/// in-flight requests finish; after `server.shutdown_timeout` the requests still open
+/// are answered 503 and `serve` returns.
 pub async fn serve(
     router: axum::Router,
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(Routers::Here(router), state, listener, shutdown).await
-}
-
-/// As [`serve`], on `server.workers` threads of their own (see [`http::server`]), each
-/// with a router over [`AppState::for_worker`]; what `run` uses.
-pub async fn serve_on_workers(
-    state: AppState,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let routers = (0..state.config.server.worker_threads())
-        .map(|_| http::router(state.for_worker()))
-        .collect();
-    serve_with(Routers::Workers(routers), state, listener, shutdown).await
-}
-
-/// Where connections are served: on the caller's runtime, or one thread per router.
-enum Routers {
-    Here(axum::Router),
-    Workers(Vec<axum::Router>),
-}
-
-async fn serve_with(
-    routers: Routers,
-    state: AppState,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let deadline = state.config.server.shutdown_timeout;
+    let server = &state.config.server;
+    let (delay, deadline) = (server.shutdown_delay, server.shutdown_timeout);
+    let options = ServeOptions {
+        header_read_timeout: server.header_read_timeout,
+        http2: server.http2,
+        max_connections: None,
+    };
     let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
     let readiness = state.readiness.clone();
     let signal = async move {
         shutdown.await;
         readiness.start_draining();
-        tracing::info!(deadline = ?deadline, "shutdown requested: draining in-flight requests");
-        let _ = draining_tx.send(true);
-    };
-    let header_read_timeout = state.config.server.header_read_timeout;
-    let server = async move {
-        match routers {
-            Routers::Here(router) => {
-                http::server::serve(listener, router, header_read_timeout, signal).await
-            }
-            Routers::Workers(routers) => {
-                http::server::serve_on_workers(listener, routers, header_read_timeout, signal).await
-            }
+        if !delay.is_zero() {
+            tracing::info!(delay = ?delay, "shutdown requested: readiness is 503; still serving until the delay passes");
+            tokio::time::sleep(delay).await;
         }
+        tracing::info!(deadline = ?deadline, "draining in-flight requests");
+        let _ = draining_tx.send(true);
     };
     let hard_stop = async move {
         if draining_rx.wait_for(|draining| *draining).await.is_err() {
@@ -187,7 +186,7 @@ async fn serve_with(
         tokio::time::sleep(deadline).await;
     };
     tokio::select! {
-        result = server => result?,
+        result = http::server::serve(listener, router, options, signal) => result?,
         () = hard_stop => {
             tracing::warn!(deadline = ?deadline, "drain deadline passed: ending the requests still open");
             state.readiness.cut_open_requests();

@@ -13,10 +13,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// Requests answered, by `route`, `method` and `status`.
 pub const HTTP_REQUESTS: &str = "orga_proxy_http_requests_total";
@@ -154,8 +152,10 @@ fn describe() {
 }
 
 /// The metrics listener's router: `GET /metrics` in the Prometheus text format, the
-/// JSON 404/405 elsewhere.
-pub fn router(handle: PrometheusHandle) -> Router {
+/// JSON 404/405 elsewhere. Served by [`crate::http::server`] with the public
+/// listener's timeouts and a connection cap.
+pub fn router() -> Router {
+    let handle = install();
     let render = move || {
         let body = handle.render();
         async move {
@@ -173,18 +173,6 @@ pub fn router(handle: PrometheusHandle) -> Router {
         .route("/metrics", get(render))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-}
-
-/// Serves `/metrics` on `listener` until `shutdown` resolves, folding histogram
-/// samples into buckets periodically so memory stays flat when nobody scrapes.
-pub async fn serve(
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let handle = install();
-    axum::serve(listener, router(handle))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// Drains the recorder's histogram buffers on an interval, on the current runtime, until

@@ -1,8 +1,7 @@
 //! api_key mode: the configured keys, kept only as SHA-256 digests and compared in
 //! constant time against every one of them.
 
-use super::config::ApiKeyEntry;
-use crate::config::Secret;
+use crate::config::ApiKeyList;
 use aws_lc_rs::digest::{SHA256, SHA256_OUTPUT_LEN, digest};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
@@ -21,23 +20,24 @@ struct StoredKey {
 
 impl ApiKeys {
     /// From the validated `auth.api_keys`.
-    pub fn new(entries: &[Secret]) -> Self {
+    pub fn new(entries: &ApiKeyList) -> Self {
         let keys = entries
+            .0
             .iter()
             .enumerate()
-            .map(|(index, secret)| {
-                let entry = ApiKeyEntry::parse(secret.expose());
+            .map(|(index, entry)| {
                 let label = entry
                     .name
-                    .map_or_else(|| (index + 1).to_string(), str::to_owned);
-                if entry.key.len() < 16 {
+                    .clone()
+                    .unwrap_or_else(|| (index + 1).to_string());
+                if entry.key.expose().len() < 16 {
                     tracing::warn!(
                         key = %label,
                         "an auth.api_keys entry is shorter than 16 characters; use long random keys (e.g. `openssl rand -hex 32`)"
                     );
                 }
                 StoredKey {
-                    digest: sha256(entry.key),
+                    digest: sha256(entry.key.expose()),
                     subject: format!("api_key:{label}"),
                 }
             })
@@ -71,10 +71,11 @@ mod tests {
     use super::*;
 
     fn keys() -> ApiKeys {
-        ApiKeys::new(&[
-            Secret::new("first-key-0123456789"),
-            Secret::new("ios:second-key-0123456789"),
-        ])
+        let entries = vec![
+            "first-key-0123456789".to_owned(),
+            "ios:second-key-0123456789".to_owned(),
+        ];
+        ApiKeys::new(&ApiKeyList::try_from(entries).unwrap())
     }
 
     #[test]

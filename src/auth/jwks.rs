@@ -4,13 +4,13 @@
 //! made-up `kid`s costs the identity provider at most one request per cooldown.
 //! A failed refresh keeps the cached keys; with no keys at all nothing is accepted.
 
-use super::Clock;
+use crate::clock::Clock;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Deadline of one JWKS fetch, connecting included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,10 +49,10 @@ pub(super) struct Jwks {
     keys: RwLock<Arc<Vec<Arc<VerifyingKey>>>>,
     /// Held for the whole of a fetch (single flight); holds when the last fetch
     /// caused by an unknown `kid` started.
-    refresh: tokio::sync::Mutex<Option<SystemTime>>,
+    refresh: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The readiness flag: true once keys are loaded.
     ready: Arc<AtomicBool>,
-    clock: Arc<dyn Clock>,
+    clock: Clock,
     interval: Duration,
     min_refresh: Duration,
     fetches: AtomicU64,
@@ -61,17 +61,14 @@ pub(super) struct Jwks {
 impl Jwks {
     /// Builds the cache (empty) and starts its refresh task on the current Tokio runtime.
     pub fn start(
-        url: &str,
+        url: reqwest::Url,
+        http: reqwest::Client,
         pinned: Vec<Algorithm>,
         interval: Duration,
         min_refresh: Duration,
         ready: Arc<AtomicBool>,
-        clock: Arc<dyn Clock>,
+        clock: Clock,
     ) -> Result<Arc<Self>, String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("auth.jwt.jwks_url: {e}"))?;
-        let http = crate::outbound::client(FETCH_TIMEOUT)
-            .build()
-            .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "the JWKS refresher needs a Tokio runtime".to_string())?;
         let jwks = Arc::new(Self {
@@ -110,10 +107,8 @@ impl Jwks {
                 found => return found,
             }
             let now = self.clock.now();
-            let cooling = last.is_some_and(|at| {
-                now.duration_since(at)
-                    .is_ok_and(|since| since < self.min_refresh)
-            });
+            let cooling =
+                last.is_some_and(|at| now.saturating_duration_since(at) < self.min_refresh);
             if cooling {
                 return self.lookup(kid, alg);
             }
@@ -174,6 +169,7 @@ impl Jwks {
         let response = self
             .http
             .get(self.url.clone())
+            .timeout(FETCH_TIMEOUT)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await

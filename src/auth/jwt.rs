@@ -1,9 +1,10 @@
 //! jwt mode: verifies a token's signature with the pinned algorithms and the key
 //! source (an HS256 shared secret or the JWKS), then `exp`, `nbf`, `iss` and `aud`.
 
+use super::AuthError;
 use super::jwks::{self, Jwks, Lookup};
-use super::{AuthError, Clock};
-use crate::auth::config::JwtConfig;
+use crate::clock::Clock;
+use crate::config::JwtConfig;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -30,7 +31,7 @@ pub(super) struct JwtVerifier {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: Duration,
-    clock: Arc<dyn Clock>,
+    clock: Clock,
 }
 
 /// The claims the proxy reads itself; `iss` and `aud` are checked by `jsonwebtoken`.
@@ -42,13 +43,12 @@ struct Claims {
 }
 
 impl JwtVerifier {
-    pub fn new(config: &JwtConfig, keys: KeySource, clock: Arc<dyn Clock>) -> Self {
-        let optional = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    pub fn new(config: &JwtConfig, keys: KeySource, clock: Clock) -> Self {
         Self {
             keys,
             algorithms: config.algorithms(),
-            issuer: optional(&config.issuer),
-            audience: optional(&config.audience),
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
             leeway: config.leeway,
             clock,
         }
@@ -141,7 +141,7 @@ impl JwtVerifier {
     fn check_times(&self, claims: &Claims) -> Result<(), AuthError> {
         let now = self
             .clock
-            .now()
+            .wall()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();

@@ -1,27 +1,23 @@
-//! Who may call the credentials route: `auth.mode` = none | api_key | jwt. The
-//! [`Authenticator`] is built once from config; [`require`] is the middleware that
-//! runs it on the credentials route only and hands the [`Subject`] to later stages.
+//! Who may call the billable routes: `auth.mode` = none | api_key | jwt. The
+//! [`Authenticator`] is built once from config; the gate's `authenticate` stage
+//! (`crate::http::gate`) runs it and hands the [`Subject`] to later stages.
 
 mod api_key;
-pub mod config;
 mod jwks;
 mod jwt;
 mod token;
 
-pub use config::{AuthConfig, AuthMode, JwtConfig};
-
+use crate::clock::Clock;
+use crate::config::{ApiKeyList, AuthConfig, AuthMode, CorsConfig};
 use crate::error::ApiError;
-use crate::http::cors::AllowedOrigins;
-use crate::state::Readiness;
+use crate::readiness::Readiness;
 use api_key::ApiKeys;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Uri};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use arc_swap::ArcSwap;
+use axum::http::HeaderMap;
 use jwt::{JwtVerifier, KeySource};
 use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The authenticated caller: the JWT `sub`, or `api_key:<name or 1-based index>`;
 /// never a key or a token. Inserted as a request extension, for the logs and for
@@ -69,44 +65,6 @@ impl From<AuthError> for ApiError {
     }
 }
 
-/// Wall-clock time for `exp`/`nbf` and the JWKS cooldown; tests inject a [`ManualClock`].
-pub trait Clock: Send + Sync + 'static {
-    /// The current time.
-    fn now(&self) -> SystemTime;
-}
-
-/// The real clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-/// A clock that moves only when told to, for tests.
-#[derive(Debug)]
-pub struct ManualClock(Mutex<SystemTime>);
-
-impl ManualClock {
-    /// A clock stopped at `start`.
-    pub fn new(start: SystemTime) -> Self {
-        Self(Mutex::new(start))
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) += by;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// Checks callers of the credentials route; a cheap clone of one shared instance.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -115,10 +73,12 @@ pub struct Authenticator {
 
 enum Mode {
     Open,
-    ApiKeys(ApiKeys),
+    /// The keys, replaced by SIGHUP.
+    ApiKeys(ArcSwap<ApiKeys>),
     Jwt {
-        /// Cookie tokens are honoured only for requests from these origins (or same-origin).
-        origins: Arc<AllowedOrigins>,
+        /// Cookie tokens are honoured only for requests from the allowed origins (or
+        /// same-origin): the live `[cors]`.
+        cors: Arc<ArcSwap<CorsConfig>>,
         verifier: JwtVerifier,
         /// Also read the token from this cookie.
         cookie: Option<String>,
@@ -132,8 +92,9 @@ impl Authenticator {
     pub fn new(
         config: &AuthConfig,
         readiness: &Readiness,
-        clock: Arc<dyn Clock>,
-        origins: Arc<AllowedOrigins>,
+        clock: Clock,
+        cors: Arc<ArcSwap<CorsConfig>>,
+        http: reqwest::Client,
     ) -> Result<Self, String> {
         // Explicit, so a second backend enabled by some other crate can never leave
         // jsonwebtoken without one (it would panic at the first verification).
@@ -145,27 +106,29 @@ impl Authenticator {
                 );
                 Mode::Open
             }
-            AuthMode::ApiKey => Mode::ApiKeys(ApiKeys::new(&config.api_keys)),
+            AuthMode::ApiKey => {
+                Mode::ApiKeys(ArcSwap::from_pointee(ApiKeys::new(&config.api_keys)))
+            }
             AuthMode::Jwt => {
                 let jwt = &config.jwt;
-                let keys = if jwt.secret.is_empty() {
-                    KeySource::Jwks(jwks::Jwks::start(
-                        &jwt.jwks_url,
+                let keys = match &jwt.jwks_url {
+                    Some(url) => KeySource::Jwks(jwks::Jwks::start(
+                        url.0.clone(),
+                        http,
                         jwt.algorithms(),
                         jwt.jwks_refresh,
                         jwt.jwks_min_refresh,
                         readiness.dependency("jwks"),
                         clock.clone(),
-                    )?)
-                } else {
-                    KeySource::Secret(jsonwebtoken::DecodingKey::from_secret(
+                    )?),
+                    None => KeySource::Secret(jsonwebtoken::DecodingKey::from_secret(
                         jwt.secret.expose().as_bytes(),
-                    ))
+                    )),
                 };
                 Mode::Jwt {
                     verifier: JwtVerifier::new(jwt, keys, clock),
-                    cookie: (!jwt.cookie.is_empty()).then(|| jwt.cookie.clone()),
-                    origins,
+                    cookie: jwt.cookie.as_ref().map(|name| name.as_str().to_owned()),
+                    cors,
                 }
             }
         };
@@ -193,6 +156,7 @@ impl Authenticator {
                         )
                     })?,
                 };
+                let keys = keys.load();
                 let subject = keys
                     .check(presented)
                     .ok_or_else(|| AuthError::invalid("The API key is not valid."))?;
@@ -201,7 +165,7 @@ impl Authenticator {
             Mode::Jwt {
                 verifier,
                 cookie,
-                origins,
+                cors,
             } => {
                 let token = match token::bearer(headers)? {
                     Some(token) => token.to_owned(),
@@ -219,12 +183,23 @@ impl Authenticator {
                                     "a token: send `Authorization: Bearer <token>`",
                                 ),
                             })?;
-                        token::check_cookie_request(headers, origins)?;
+                        token::check_cookie_request(headers, &cors.load().allowed_origins)?;
                         from_cookie
                     }
                 };
                 verifier.verify(&token).await.map(|sub| Some(Subject(sub)))
             }
+        }
+    }
+
+    /// Replaces the accepted API keys (SIGHUP); `false` when not in api_key mode.
+    pub fn reload_api_keys(&self, keys: &ApiKeyList) -> bool {
+        match &*self.inner {
+            Mode::ApiKeys(current) => {
+                current.store(Arc::new(ApiKeys::new(keys)));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -235,44 +210,4 @@ impl Authenticator {
             _ => None,
         }
     }
-}
-
-/// Middleware for the credentials route: refuses the request (401, or 503 while a
-/// JWKS has never loaded), or inserts the subject as a request extension (for later
-/// stages) and a response extension (for the request's log line).
-pub async fn require(
-    State(auth): State<Authenticator>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match identify(&auth, request.headers(), request.uri()).await {
-        Ok(Some(subject)) => {
-            request.extensions_mut().insert(subject.clone());
-            let mut response = next.run(request).await;
-            response.extensions_mut().insert(subject);
-            response
-        }
-        Ok(None) => next.run(request).await,
-        Err(refused) => refused,
-    }
-}
-
-/// The check of [`require`] for a request with `headers` to `uri`: the caller's subject
-/// (none in auth mode `none`), or the refusal to send instead, logged.
-pub async fn identify(
-    auth: &Authenticator,
-    headers: &HeaderMap,
-    uri: &Uri,
-) -> Result<Option<Subject>, Response> {
-    auth.authenticate(headers, uri.query())
-        .await
-        .map_err(|error| {
-            match &error {
-                AuthError::Invalid(reason) => tracing::info!(%reason, "caller refused"),
-                AuthError::KeysUnavailable => {
-                    tracing::warn!("caller refused: JWKS not loaded")
-                }
-            }
-            ApiError::from(error).into_response()
-        })
 }

@@ -2,7 +2,7 @@
 //! or a cookie. Never the query string, which ends up in access logs and history.
 
 use super::AuthError;
-use crate::http::cors::AllowedOrigins;
+use crate::config::AllowedOrigins;
 use axum::http::{HeaderMap, HeaderName, header};
 
 /// The `X-API-Key` header.

@@ -1,14 +1,20 @@
 //! Layering: built-in defaults, then the TOML file, then the conventional variables
 //! (`ORGA_API_KEY`, `ORGA_API_KEY_FILE`, `ORGA_USER_EMAIL`, `ORGA_BASE_URL`, `PORT`),
 //! then `ORGA_PROXY_<SECTION>__<KEY>` variables. Later layers win.
+//!
+//! Each section is extracted on its own, so one bad value does not hide the problems of
+//! the other sections; within a section, the first bad value stops its extraction.
 
 use super::env::PrefixedEnv;
-use super::{Config, validate};
-use figment::Figment;
+use super::{Config, validate::Problems};
 use figment::error::Kind;
 use figment::providers::{Format, Serialized, Toml};
+use figment::value::Value;
+use figment::{Figment, Provider};
+use serde::de::DeserializeOwned;
+use std::ffi::OsStr;
 use std::fmt;
-use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// The file used when neither `--config` nor `ORGA_PROXY_CONFIG` names one.
@@ -20,8 +26,43 @@ const ALIASES: &[(&str, &str)] = &[
     ("ORGA_USER_EMAIL", "orga.user_email"),
     ("ORGA_BASE_URL", "orga.base_url"),
 ];
+/// The other variables read here.
+const OTHER_VARIABLES: &[&str] = &["ORGA_API_KEY_FILE", "PORT"];
 /// Keys whose values must not appear even in an error message.
-const SECRET_KEYS: &[&str] = &["orga.api_key", "auth.api_keys", "auth.jwt.secret"];
+const SECRET_KEYS: &[&str] = &[
+    "orga.api_key",
+    "auth.api_keys",
+    "auth.jwt.secret",
+    "redis.url",
+];
+/// Keys of earlier versions, and what became of them.
+const RETIRED_KEYS: &[(&str, &str)] = &[
+    (
+        "rate_limit.redis_url",
+        "moved to redis.url (ORGA_PROXY_REDIS__URL)",
+    ),
+    (
+        "rate_limit.redis_timeout",
+        "moved to redis.timeout (ORGA_PROXY_REDIS__TIMEOUT)",
+    ),
+    (
+        "rate_limit.redis_key_prefix",
+        "moved to redis.key_prefix (ORGA_PROXY_REDIS__KEY_PREFIX)",
+    ),
+    (
+        "server.workers",
+        "removed: the proxy serves on one multi-threaded runtime sized to the CPUs; delete the key",
+    ),
+];
+
+/// How the configuration will be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `serve` and `check-config`: real Orga credentials are required.
+    Serve,
+    /// `dev`: the caller substitutes the embedded fake Orga Cloud, so no key is needed.
+    Dev,
+}
 
 /// Where the configuration came from, for logs and `check-config`.
 #[derive(Debug, Clone)]
@@ -72,15 +113,19 @@ fn env_names(key: &str) -> String {
     names.join(" or ")
 }
 
-/// Loads and validates the configuration. `dev` relaxes the requirement for real
-/// Orga credentials (the caller substitutes the embedded fake Orga Cloud).
-pub fn load(explicit: Option<&Path>, dev: bool) -> Result<(Config, ConfigSource), ConfigError> {
-    let (config, source) = extract(explicit)?;
-    let problems = validate::validate(&config, dev);
+/// Loads and validates the configuration.
+pub fn load(explicit: Option<&Path>, mode: Mode) -> Result<(Config, ConfigSource), ConfigError> {
+    let mut problems = Problems::default();
+    let (config, source) = extract(explicit, mode, &mut problems)?;
+    if problems.is_empty() {
+        problems.0.extend(config.problems());
+    }
     if problems.is_empty() {
         Ok((config, source))
     } else {
-        Err(ConfigError { problems })
+        Err(ConfigError {
+            problems: problems.0,
+        })
     }
 }
 
@@ -88,105 +133,184 @@ pub fn load(explicit: Option<&Path>, dev: bool) -> Result<(Config, ConfigSource)
 /// `healthcheck`, which only needs the listen port and must not fail because a
 /// secret is only present in the server's environment.
 pub fn load_lenient(explicit: Option<&Path>) -> Config {
-    extract(explicit).map(|(c, _)| c).unwrap_or_default()
+    let mut problems = Problems::default();
+    extract(explicit, Mode::Dev, &mut problems)
+        .map(|(config, _)| config)
+        .unwrap_or_default()
 }
 
-fn extract(explicit: Option<&Path>) -> Result<(Config, ConfigSource), ConfigError> {
-    let file = config_file(explicit)?;
+/// Reads every layer and extracts each section, recording what is wrong.
+fn extract(
+    explicit: Option<&Path>,
+    mode: Mode,
+    problems: &mut Problems,
+) -> Result<(Config, ConfigSource), ConfigError> {
+    let fatal = |problem: String| ConfigError {
+        problems: vec![problem],
+    };
+    let file = config_file(explicit, problems);
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = &file {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            problems: vec![format!(
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fatal(format!(
                 "config file {}: cannot read it: {e} (set by --config or ORGA_PROXY_CONFIG)",
                 path.display()
-            )],
+            ))
         })?;
         if let Err(e) = toml::from_str::<toml::Table>(&text) {
-            return Err(ConfigError {
-                problems: vec![toml_syntax_error(path, &text, &e)],
-            });
+            return Err(fatal(toml_syntax_error(path, &text, &e)));
         }
         figment = figment.merge(Toml::file_exact(path));
     }
+    check_unicode(problems);
     for (env, key) in ALIASES {
         if let Some(value) = env_var(env) {
             figment = figment.merge(Serialized::default(key, value));
         }
     }
-    let mut problems = Vec::new();
     if let Some(path) = env_var("ORGA_API_KEY_FILE") {
         if env_var("ORGA_API_KEY").is_some() {
-            problems.push(problem(
+            problems.add(
                 "orga.api_key",
                 "both ORGA_API_KEY and ORGA_API_KEY_FILE are set; set only one",
-            ));
+            );
         }
         match std::fs::read_to_string(&path) {
             Ok(key) => figment = figment.merge(Serialized::default("orga.api_key", key.trim())),
-            Err(e) => problems.push(problem(
+            Err(e) => problems.add(
                 "orga.api_key",
                 format!("ORGA_API_KEY_FILE names {path:?}, which cannot be read: {e}"),
-            )),
+            ),
         }
     }
     figment = figment.merge(PrefixedEnv::new(ENV_PREFIX, &["config"]));
 
-    let mut config: Config = match figment.extract() {
-        Ok(config) => config,
-        Err(e) => {
-            problems.extend(describe(e));
-            return Err(ConfigError { problems });
-        }
+    unknown_sections(&figment, problems);
+    let mut config = Config {
+        server: section(&figment, "server", problems),
+        orga: section(&figment, "orga", problems),
+        cors: section(&figment, "cors", problems),
+        rate_limit: section(&figment, "rate_limit", problems),
+        auth: section(&figment, "auth", problems),
+        redis: section(&figment, "redis", problems),
+        pool: section(&figment, "pool", problems),
+        log: section(&figment, "log", problems),
     };
+    if mode == Mode::Serve && !is_set(&figment, "orga.api_key") {
+        problems.add(
+            "orga.api_key",
+            "required: the Orga API key (or run `orga-proxy dev` for the fake Orga Cloud)",
+        );
+    }
     if let Some(port) = env_var("PORT") {
         if env_var("ORGA_PROXY_SERVER__LISTEN").is_none() {
-            match apply_port(&config.server.listen, &port) {
-                Ok(listen) => config.server.listen = listen,
-                Err(message) => problems.push(problem("server.listen", message)),
+            match parse_port(&port) {
+                Ok(port) => config.server.listen.set_port(port),
+                Err(message) => problems.add("server.listen", message),
             }
         }
     }
-    if problems.is_empty() {
-        Ok((config, ConfigSource { file }))
-    } else {
-        Err(ConfigError { problems })
+    Ok((config, ConfigSource { file }))
+}
+
+/// One section, or its defaults with the problem recorded.
+fn section<T: DeserializeOwned + Default>(
+    figment: &Figment,
+    name: &str,
+    problems: &mut Problems,
+) -> T {
+    figment.extract_inner(name).unwrap_or_else(|error| {
+        for line in describe(error, name) {
+            problems.0.push(line);
+        }
+        T::default()
+    })
+}
+
+/// Top-level tables that are not sections (a typo such as `[ratelimit]`).
+fn unknown_sections(figment: &Figment, problems: &mut Problems) {
+    let known = Figment::from(Serialized::defaults(Config::default()));
+    let (Ok(known), Ok(given)) = (known.data(), figment.data()) else {
+        return;
+    };
+    let (Some(known), Some(given)) = (
+        known.get(&figment::Profile::Default),
+        given.get(&figment::Profile::Default),
+    ) else {
+        return;
+    };
+    for name in given.keys().filter(|name| !known.contains_key(*name)) {
+        let sections: Vec<&str> = known.keys().map(String::as_str).collect();
+        problems.add(
+            name,
+            format!("unknown key; known sections: {}", sections.join(", ")),
+        );
     }
 }
 
-fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+/// True when `key` holds a non-empty value in some layer.
+fn is_set(figment: &Figment, key: &str) -> bool {
+    match figment.find_value(key) {
+        Ok(Value::String(_, text)) => !text.trim().is_empty(),
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
+
+fn config_file(explicit: Option<&Path>, _problems: &mut Problems) -> Option<PathBuf> {
     if let Some(path) = explicit {
-        return Ok(Some(path.to_owned()));
+        return Some(path.to_owned());
     }
     if let Some(path) = env_var("ORGA_PROXY_CONFIG") {
-        return Ok(Some(PathBuf::from(path)));
+        return Some(PathBuf::from(path));
     }
     let default = PathBuf::from(DEFAULT_CONFIG_PATH);
-    Ok(default.is_file().then_some(default))
+    default.is_file().then_some(default)
 }
 
 /// An environment variable, treating an empty value as unset (compose files and
-/// `.env` templates often leave `ORGA_API_KEY=` blank).
+/// `.env` templates often leave `ORGA_API_KEY=` blank). Values that are not UTF-8 are
+/// reported by [`check_unicode`].
 fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-fn apply_port(listen: &str, port: &str) -> Result<String, String> {
-    let port: u16 = port
-        .trim()
-        .parse()
-        .map_err(|_| format!("PORT={port:?} is not a port number (1-65535)"))?;
-    if port == 0 {
-        return Err("PORT=0 is not a usable port".into());
+/// Every variable this service reads must be UTF-8: one that is not would otherwise be
+/// skipped silently and its key left at the default (`auth.mode` back to `"none"`).
+fn check_unicode(problems: &mut Problems) {
+    let ours = |name: &OsStr| {
+        let bytes = name.as_bytes();
+        bytes.starts_with(ENV_PREFIX.as_bytes())
+            || ALIASES.iter().any(|(alias, _)| bytes == alias.as_bytes())
+            || OTHER_VARIABLES
+                .iter()
+                .any(|other| bytes == other.as_bytes())
+    };
+    for (name, value) in std::env::vars_os().filter(|(name, _)| ours(name)) {
+        match name.to_str() {
+            None => problems.0.push(format!(
+                "environment: a variable named {:?} is not valid UTF-8; rename or unset it",
+                name.to_string_lossy()
+            )),
+            Some(name) if value.to_str().is_none() => problems.0.push(format!(
+                "{name}: the value is not valid UTF-8 (not shown); write it as UTF-8 text"
+            )),
+            Some(_) => {}
+        }
     }
-    let mut addr: SocketAddr = listen
-        .parse()
-        .map_err(|_| format!("{listen:?} is not a host:port address"))?;
-    addr.set_port(port);
-    Ok(addr.to_string())
 }
 
-/// A TOML syntax error as one line: where, and what, but never the offending line
-/// itself (it may hold a secret, as in an unterminated `api_key = "...`).
+fn parse_port(port: &str) -> Result<u16, String> {
+    match port.trim().parse::<u16>() {
+        Ok(0) => Err("PORT=0 is not a usable port".into()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("PORT={port:?} is not a port number (1-65535)")),
+    }
+}
+
+/// A TOML syntax error as one line: where, and what, but never the offending text
+/// itself (it may be a secret, as in an unterminated `api_key = "...` or a key that
+/// is all digits).
 fn toml_syntax_error(path: &Path, text: &str, error: &toml::de::Error) -> String {
     let position = error.span().map(|span| {
         let before = &text[..span.start.min(text.len())];
@@ -194,7 +318,7 @@ fn toml_syntax_error(path: &Path, text: &str, error: &toml::de::Error) -> String
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         format!(" at line {line}, column {column}")
     });
-    let message = error.message().lines().next().unwrap_or("invalid TOML");
+    let message = without_quoted_values(error.message().lines().next().unwrap_or("invalid TOML"));
     format!(
         "config file {}: TOML syntax error{}: {message}",
         path.display(),
@@ -202,18 +326,54 @@ fn toml_syntax_error(path: &Path, text: &str, error: &toml::de::Error) -> String
     )
 }
 
-/// Turns figment's errors (all of them, not just the first) into one line each.
-fn describe(error: figment::Error) -> Vec<String> {
+/// A parser message with every quoted value (`` `...` ``, `"..."`, `'...'`) replaced by `…`.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(quote) if c == quote => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None if matches!(c, '`' | '"' | '\'') => {
+                out.push(c);
+                open = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    if open.is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Turns figment's errors for section `name` into one line each.
+fn describe(error: figment::Error, name: &str) -> Vec<String> {
     error
         .into_iter()
         .map(|e| {
+            // figment appends the extracted section's name to the field path.
             let mut path = e.path.clone();
+            if path.len() > 1 && path.last().map(String::as_str) == Some(name) {
+                path.pop();
+            }
+            if path.first().map(String::as_str) != Some(name) {
+                path.insert(0, name.to_owned());
+            }
             let message = match &e.kind {
                 Kind::UnknownField(field, expected) => {
                     if path.last() != Some(field) {
                         path.push(field.clone());
                     }
-                    format!("unknown key; known keys here: {}", expected.join(", "))
+                    let key = path.join(".");
+                    match RETIRED_KEYS.iter().find(|(retired, _)| *retired == key) {
+                        Some((_, what)) => what.to_string(),
+                        None => format!("unknown key; known keys here: {}", expected.join(", ")),
+                    }
                 }
                 Kind::UnknownVariant(value, expected) => {
                     format!(
@@ -227,14 +387,9 @@ fn describe(error: figment::Error) -> Vec<String> {
             let from = e
                 .metadata
                 .as_ref()
-                .map(|m| match &m.source {
-                    Some(source) => format!(" [{} {source}]", m.name),
-                    None => format!(" [{}]", m.name),
-                })
+                .map(|m| source_label(m, &key))
                 .unwrap_or_default();
-            if key.is_empty() {
-                format!("configuration: {message}{from}")
-            } else if SECRET_KEYS.contains(&key.as_str()) {
+            if SECRET_KEYS.contains(&key.as_str()) {
                 problem(
                     &key,
                     format!("invalid value (not shown: it is a secret){from}"),
@@ -244,6 +399,23 @@ fn describe(error: figment::Error) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// Where a bad value came from: the file and its position, the environment, or one
+/// of the conventional variables (whose layer figment names by its Rust type).
+fn source_label(metadata: &figment::Metadata, key: &str) -> String {
+    if metadata.name.contains("::") {
+        let variable = ALIASES
+            .iter()
+            .find(|(env, k)| *k == key && env_var(env).is_some())
+            .map(|(env, _)| *env)
+            .unwrap_or("ORGA_API_KEY_FILE");
+        return format!(" [{variable}]");
+    }
+    match &metadata.source {
+        Some(source) => format!(" [{} {source}]", metadata.name),
+        None => format!(" [{}]", metadata.name),
+    }
 }
 
 #[cfg(test)]
@@ -263,9 +435,24 @@ mod tests {
     }
 
     #[test]
-    fn port_replaces_only_the_port() {
-        assert_eq!(apply_port("0.0.0.0:8080", "3000").unwrap(), "0.0.0.0:3000");
-        assert!(apply_port("0.0.0.0:8080", "http").is_err());
-        assert!(apply_port("0.0.0.0:8080", "70000").is_err());
+    fn a_port_must_be_a_usable_number() {
+        assert_eq!(parse_port("3000"), Ok(3000));
+        assert!(parse_port("http").is_err());
+        assert!(parse_port("70000").is_err());
+        assert!(parse_port("0").is_err());
+    }
+
+    #[test]
+    fn quoted_values_never_reach_a_message() {
+        assert_eq!(
+            without_quoted_values(
+                "invalid type: integer `987654321098765432109876543210` as i128, expected any"
+            ),
+            "invalid type: integer `…` as i128, expected any"
+        );
+        assert_eq!(
+            without_quoted_values("unterminated \"sk_orga"),
+            "unterminated \"…"
+        );
     }
 }

@@ -1,94 +1,156 @@
 //! Serde helpers for the shapes people write in TOML and environment variables:
-//! durations as `"10s"`, lists as TOML arrays or comma-separated strings, and
-//! strings that the environment layer may have read as numbers or booleans.
+//! durations as `"10s"`, lists as TOML arrays or comma-separated strings, values that
+//! the environment layer may have read as numbers, and typed values (addresses, URLs,
+//! origins) that are parsed here, once, from their text.
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
-use serde::{Deserialize, Serializer};
-use std::fmt;
+use crate::secret::LenientString;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt::Display;
+use std::str::FromStr;
 use std::time::Duration;
 
+/// The longest duration any key accepts. Nothing here needs more than a few days, and
+/// a cap keeps timer arithmetic (`Instant + duration`) from ever overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+
 /// A string, accepting the numbers and booleans an environment variable may parse into
-/// (`ORGA_API_KEY=12345` is a string key, not an integer).
+/// (`ORGA_PROXY_AUTH__JWT__ISSUER=12345` is a string, not an integer).
 pub fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    struct Lenient;
-    impl Visitor<'_> for Lenient {
-        type Value = String;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a string")
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
-            Ok(v.to_owned())
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-        fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-    }
-    deserializer.deserialize_any(Lenient)
+    LenientString::deserialize(deserializer).map(|text| text.0)
 }
 
-/// A list of strings: a TOML/JSON array, or one comma-separated string
+/// A list of strings: a TOML array, or one comma-separated string
 /// (`ORGA_PROXY_CORS__ALLOWED_ORIGINS=https://a.example,https://b.example`).
 /// Entries are trimmed and empty entries dropped, so `""` is the empty list.
 pub fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    struct List;
-    impl<'de> Visitor<'de> for List {
-        type Value = Vec<String>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list of strings or a comma-separated string")
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect())
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            #[derive(Deserialize)]
-            struct Item(#[serde(deserialize_with = "lenient_string")] String);
-            let mut out = Vec::new();
-            while let Some(Item(s)) = seq.next_element()? {
-                let s = s.trim();
-                if !s.is_empty() {
-                    out.push(s.to_owned());
-                }
-            }
-            Ok(out)
-        }
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a list of strings or a comma-separated string")]
+    enum Written {
+        Joined(String),
+        List(Vec<LenientString>),
     }
-    deserializer.deserialize_any(List)
+    let entries: Vec<String> = match Written::deserialize(deserializer)? {
+        Written::Joined(text) => text.split(',').map(str::to_owned).collect(),
+        Written::List(items) => items.into_iter().map(|item| item.0).collect(),
+    };
+    Ok(entries
+        .iter()
+        .map(|entry| entry.trim())
+        .filter(|entry| !entry.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
-/// `Duration` as a human string: `"10s"`, `"1m 30s"`, `"250ms"`.
+/// A list parsed into a typed value (`AllowedOrigins`, `TrustedProxies`...) through its
+/// `TryFrom<Vec<String>>`, whose error message becomes the key's problem.
+pub fn list<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<Vec<String>>,
+    T::Error: Display,
+{
+    T::try_from(string_list(deserializer)?).map_err(de::Error::custom)
+}
+
+/// A value parsed from its text with `FromStr` (its error is the key's problem), and
+/// written back with `Display`.
+pub mod text {
+    use super::*;
+
+    /// Parses the text.
+    pub fn deserialize<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: Display,
+    {
+        lenient_string(deserializer)?
+            .trim()
+            .parse()
+            .map_err(de::Error::custom)
+    }
+
+    /// Writes the text.
+    pub fn serialize<S: Serializer, T: Display>(
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+}
+
+/// As [`text`], where the empty string means "not set".
+pub mod optional_text {
+    use super::*;
+
+    /// `""` is `None`; anything else is parsed.
+    pub fn deserialize<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: Display,
+    {
+        let text = lenient_string(deserializer)?;
+        match text.trim() {
+            "" => Ok(None),
+            text => text.parse().map(Some).map_err(de::Error::custom),
+        }
+    }
+
+    /// `None` is written as `""`.
+    pub fn serialize<S: Serializer, T: Display>(
+        value: &Option<T>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => serializer.collect_str(value),
+            None => serializer.serialize_str(""),
+        }
+    }
+}
+
+/// `Duration` as a human string: `"10s"`, `"1m 30s"`, `"250ms"`, at most [`MAX_DURATION`].
 pub mod duration {
     use super::*;
 
+    /// Parses the text (see [`parse`]).
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = lenient_string(deserializer)?;
-        parse(&text).map_err(de::Error::custom)
+        parse(&lenient_string(deserializer)?).map_err(de::Error::custom)
     }
 
+    /// Writes it as humantime does (`"1m 30s"`).
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+        serializer.collect_str(&humantime::format_duration(*value))
     }
 
-    /// Parses `"10s"`-style durations; a bare number is refused because its unit is a guess.
+    /// Parses `"10s"`-style durations; a bare number is refused because its unit is a
+    /// guess, and anything over [`MAX_DURATION`] is refused as a typo.
     pub fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text.trim()).map_err(|e| {
+        let value = humantime::parse_duration(text.trim()).map_err(|e| {
             format!(
                 "invalid duration {text:?} ({e}); write it with a unit, like \"10s\" or \"500ms\""
             )
-        })
+        })?;
+        if value > MAX_DURATION {
+            return Err(format!(
+                "{text:?} is longer than any setting allows (at most {})",
+                humantime::format_duration(MAX_DURATION)
+            ));
+        }
+        Ok(value)
     }
+}
+
+/// Serializes a list-like typed value as the list of its entries' text.
+pub fn entries<S, I>(entries: I, serializer: S) -> Result<S::Ok, S::Error>
+where
+    S: Serializer,
+    I: IntoIterator,
+    I::Item: Display,
+{
+    let texts: Vec<String> = entries.into_iter().map(|e| e.to_string()).collect();
+    texts.serialize(serializer)
 }
 
 #[cfg(test)]
@@ -112,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_need_a_unit() {
+    fn durations_need_a_unit_and_a_sane_length() {
         assert_eq!(duration::parse("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(duration::parse("1m").unwrap(), Duration::from_secs(60));
         assert_eq!(
@@ -121,5 +183,8 @@ mod tests {
         );
         assert!(duration::parse("10").is_err());
         assert!(duration::parse("soon").is_err());
+        assert!(duration::parse("300000000000y").is_err());
+        assert!(duration::parse("31d").is_err());
+        assert!(duration::parse("30d").is_ok());
     }
 }

@@ -1,68 +1,145 @@
-//! The HTTP edge: the router and its middleware stack, composed in one place.
+//! The HTTP edge: the router and its middleware stack, declared in one place
+//! ([`router`]), and the server that runs it ([`server`]).
 
 pub mod cors;
 mod credentials;
-pub(crate) mod drain;
-mod edge;
+mod drain;
+pub mod gate;
 mod health;
-mod limits;
+pub mod limits;
 mod observe;
-pub(crate) mod overload;
 pub mod request_id;
 pub mod server;
+mod trace;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::Request;
 use axum::http::{HeaderValue, header};
-use axum::middleware::from_fn_with_state;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use std::sync::Arc;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, Route, get};
+use request_id::RandomRequestId;
+use std::convert::Infallible;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::util::{BoxCloneSyncServiceLayer, MapRequestLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 
 /// Builds the public router. No side effects: the caller binds the listener.
 ///
-/// In front of every route, outermost first: the sensitive headers are marked (so no
-/// `Debug` print of the request shows them), then [`edge::edge`]: metrics, request id,
-/// the request's span and log line, the drain cutoff, CORS, limits and the request
-/// deadline. The credentials route adds [`credentials::gate`]: the per-client rate
-/// limit, auth, the per-subject limit, then load shedding. Health, readiness and CORS
-/// preflights never reach the gate.
+/// Every request, outermost first: its sensitive headers are marked (so no `Debug`
+/// print of it shows them); its `x-request-id` is kept if sane or made, and echoed on
+/// the answer; its log facts are gathered, its span opened and its one log line written
+/// ([`trace`]); its metrics recorded ([`observe`]); it is cut short if the drain deadline
+/// passes ([`drain`]); and its target, head and `Host` are checked ([`limits::edge`]).
+///
+/// The service's own routes add, outermost first: CORS ([`cors`]), the body limit and
+/// the request deadline; then, on the billable methods only, the gate ([`gate`]): the
+/// client's rate limit, authentication, the subject's rate limit, and load shedding.
+/// Health and readiness never reach the gate, nor do CORS preflights.
 pub fn router(state: AppState) -> Router {
-    // HEAD is refused explicitly: axum would otherwise run the GET handler for it and
-    // mint a billable token whose body is thrown away (a monitoring probe would burn quota).
-    let credentials = get(credentials::credentials)
-        .post(credentials::credentials)
-        .head(|| async {
-            let mut response = ApiError::MethodNotAllowed.into_response();
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
-            response
-        })
-        .route_layer(from_fn_with_state(state.clone(), credentials::gate));
-    let edge = Arc::new(edge::Edge {
-        credentials_path: state.config.server.credentials_path.as_str().into(),
-        origins: state.origins.clone(),
-        request_timeout: state.config.server.request_timeout,
-        cutoff: state.readiness.cutoff(),
-    });
-
-    Router::new()
-        .route(&state.config.server.credentials_path, credentials)
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(from_fn_with_state(edge, edge::edge))
+    let edge = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::PROXY_AUTHORIZATION,
             header::COOKIE,
             header::HeaderName::from_static("x-api-key"),
         ]))
+        .layer(MapRequestLayer::new(request_id::drop_unless_sane))
+        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(from_fn(|request, next: axum::middleware::Next| {
+            crate::telemetry::with_request_facts(next.run(request))
+        }))
+        .layer(trace::layer())
+        .layer(from_fn(observe::record))
+        .layer(from_fn_with_state(state.clone(), drain::cut_at_deadline))
+        .layer(from_fn(limits::edge));
+
+    Router::new()
+        .route(
+            &state.config.server.credentials_path,
+            own_route(
+                &state,
+                credentials_methods(&state),
+                "GET, POST",
+                MAX_BODY_BYTES,
+            ),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(edge)
         .with_state(state)
+}
+
+/// `GET` and `POST` behind the gate. `HEAD` is refused explicitly: axum would otherwise
+/// run the GET handler for it and mint a billable token whose body is thrown away.
+fn credentials_methods(state: &AppState) -> MethodRouter<AppState> {
+    get(credentials::credentials)
+        .post(credentials::credentials)
+        .head(|| async { not_allowed("GET, POST") })
+        .fallback(|| async { not_allowed("GET, POST") })
+        .route_layer(billable_gate(state))
+}
+
+/// The gate's layers, type-erased so every billable route can take them.
+pub type Gate = BoxCloneSyncServiceLayer<Route, Request, Response, Infallible>;
+
+/// The gate's stages, outermost first (see [`gate`]).
+pub fn billable_gate(state: &AppState) -> Gate {
+    BoxCloneSyncServiceLayer::new(
+        ServiceBuilder::new()
+            .layer(from_fn_with_state(state.clone(), gate::limit_client))
+            .layer(from_fn_with_state(state.clone(), gate::authenticate))
+            .layer(from_fn_with_state(state.clone(), gate::limit_subject))
+            .layer(HandleErrorLayer::new(gate::overloaded))
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                state.concurrency.clone(),
+            )),
+    )
+}
+
+/// One of the service's own routes: `methods` with CORS (allowing `cors_methods` in
+/// preflights), a body limit of `max_body` bytes and the request deadline.
+fn own_route(
+    state: &AppState,
+    methods: MethodRouter<AppState>,
+    cors_methods: &'static str,
+    max_body: u64,
+) -> MethodRouter<AppState> {
+    let timeout = state.config.server.request_timeout;
+    let cors = cors::Cors {
+        config: state.cors.clone(),
+        methods: cors_methods,
+    };
+    methods.layer(
+        ServiceBuilder::new()
+            .layer(from_fn_with_state(cors, cors::cors))
+            .layer(from_fn_with_state(
+                limits::BodyLimit(max_body),
+                limits::body,
+            ))
+            .layer(HandleErrorLayer::new(move |error| {
+                limits::deadline_passed(timeout, error)
+            }))
+            .timeout(timeout),
+    )
+}
+
+/// 405 with the methods the route really serves (axum's own `Allow` would list HEAD).
+fn not_allowed(methods: &'static str) -> Response {
+    let mut response = ApiError::MethodNotAllowed.into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(methods));
+    response
 }

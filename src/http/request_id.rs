@@ -1,8 +1,10 @@
-//! `x-request-id`: kept from the request when it is a sane value, generated otherwise,
-//! and echoed on every response.
+//! `x-request-id`: kept from the request when it is a sane value, generated otherwise
+//! (tower-http's `SetRequestId`, which keeps any id already present, so an insane one
+//! is removed first), and echoed on every response (`PropagateRequestId`).
 
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
+use tower_http::request_id::{MakeRequestId, RequestId};
 
 /// The header carrying the request id.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -19,23 +21,32 @@ fn is_sane(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
-/// Settles the request's id before anything else sees the request, and answers it
-/// (for the response header).
-pub fn assign(request: &mut Request) -> HeaderValue {
-    let id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .filter(|v| is_sane(v))
-        .cloned()
-        .unwrap_or_else(|| {
-            let mut buffer = uuid::Uuid::encode_buffer();
-            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-            HeaderValue::from_str(id).expect("a UUID is a valid header value")
-        });
+/// Removes a request id that is not [`is_sane`], so a fresh one is made for it. More than
+/// one id is no id at all.
+pub fn drop_unless_sane(mut request: Request) -> Request {
+    let headers = request.headers_mut();
+    let mut ids = headers.get_all(&X_REQUEST_ID).iter();
+    let keep = match (ids.next(), ids.next()) {
+        (Some(id), None) => is_sane(id),
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if !keep {
+        headers.remove(&X_REQUEST_ID);
+    }
     request
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), id.clone());
-    id
+}
+
+/// Makes a random (UUID v4) request id.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+        HeaderValue::from_str(id).ok().map(RequestId::new)
+    }
 }
 
 #[cfg(test)]
@@ -51,5 +62,25 @@ mod tests {
             "x\"}{\"level\":\"error"
         )));
         assert!(!is_sane(&HeaderValue::try_from("a".repeat(129)).unwrap()));
+    }
+
+    #[test]
+    fn an_insane_or_repeated_id_is_removed_and_a_sane_one_kept() {
+        let with = |ids: &[&'static str]| {
+            let mut request = Request::new(axum::body::Body::empty());
+            for id in ids {
+                request
+                    .headers_mut()
+                    .append(&X_REQUEST_ID, HeaderValue::from_static(id));
+            }
+            drop_unless_sane(request)
+                .headers()
+                .get(&X_REQUEST_ID)
+                .cloned()
+        };
+        assert_eq!(with(&["abc"]), Some(HeaderValue::from_static("abc")));
+        assert_eq!(with(&["a b"]), None);
+        assert_eq!(with(&["abc", "def"]), None);
+        assert_eq!(with(&[]), None);
     }
 }

@@ -5,8 +5,9 @@
 //! lets exactly one probe through (half-open): its success closes the circuit, its
 //! failure opens it for another cool-down.
 //!
-//! Time comes from an injected [`Clock`], so tests advance it instead of sleeping.
+//! Time comes from the crate's [`Clock`], so tests advance it instead of sleeping.
 
+use crate::clock::Clock;
 use crate::metrics::{CIRCUIT_OPENED, CIRCUIT_STATE};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,50 +15,6 @@ use std::time::{Duration, Instant};
 
 /// What a request refused while a probe is in flight is told to wait.
 const PROBE_RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// The source of "now" for the breaker.
-pub trait Clock: Send + Sync + 'static {
-    /// The current instant.
-    fn now(&self) -> Instant;
-}
-
-/// The real monotonic clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
-/// A clock that only moves when told to, for tests.
-#[derive(Debug)]
-pub struct ManualClock(Mutex<Instant>);
-
-impl ManualClock {
-    /// A clock standing at the real current instant.
-    pub fn new() -> Self {
-        Self(Mutex::new(Instant::now()))
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) += by;
-    }
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// The breaker's state, as `/readyz` and the metrics show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +65,7 @@ pub struct CircuitBreaker {
     threshold: u32,
     /// How long the circuit stays open before a probe.
     cooldown: Duration,
-    clock: Arc<dyn Clock>,
+    clock: Clock,
     state: Mutex<State>,
 }
 
@@ -157,7 +114,7 @@ impl Drop for Permit {
 
 impl CircuitBreaker {
     /// A closed breaker.
-    pub fn new(threshold: u32, cooldown: Duration, clock: Arc<dyn Clock>) -> Arc<Self> {
+    pub fn new(threshold: u32, cooldown: Duration, clock: Clock) -> Arc<Self> {
         Arc::new(Self {
             threshold,
             cooldown,
@@ -260,8 +217,8 @@ mod tests {
 
     const COOLDOWN: Duration = Duration::from_secs(10);
 
-    fn breaker(threshold: u32) -> (Arc<CircuitBreaker>, Arc<ManualClock>) {
-        let clock = Arc::new(ManualClock::new());
+    fn breaker(threshold: u32) -> (Arc<CircuitBreaker>, Clock) {
+        let clock = Clock::manual(std::time::SystemTime::now());
         (
             CircuitBreaker::new(threshold, COOLDOWN, clock.clone()),
             clock,

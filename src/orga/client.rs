@@ -1,83 +1,70 @@
-//! `OrgaClient`: the two upstream calls the official Node SDK makes, built from scratch
-//! (no client header forwarded), with explicit timeouts, no redirects, no system
-//! proxy and a cap on the answer size; behind a circuit breaker, with one retry where
-//! a retry is safe (see [`OrgaClient::session_credentials`]). The HTTP itself is in
-//! [`super::transport`].
+//! `OrgaClient`: the upstream calls the official SDKs make, on the shared outbound
+//! client (see [`crate::outbound`]): built from scratch (no client header forwarded),
+//! with explicit timeouts and a cap on the answer size, behind a circuit breaker, with
+//! one retry where a retry is safe (see [`OrgaClient::session_credentials`]).
 
-use super::breaker::{CircuitBreaker, CircuitState, Clock, SystemClock};
+use super::breaker::{CircuitBreaker, CircuitState};
 use super::error::{Call, OrgaError};
-use super::transport::{self, Transport, TransportError};
 use super::types::{ClientSecret, EphemeralToken, IceServer, SessionCredentials};
+use crate::clock::Clock;
 use crate::config::OrgaConfig;
 use crate::metrics::{CIRCUIT_REJECTED, UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES};
-use hyper::body::Bytes;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use hyper::{Method, StatusCode, Uri};
-use metrics::Histogram;
+use crate::outbound::{self, ReadError};
+use crate::secret::Secret;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
-/// Largest upstream answer read; both documented answers are well under 1 KiB.
+/// Largest upstream answer read; the documented answers are well under 1 KiB, and an
+/// SDP answer a few KiB.
 const MAX_UPSTREAM_BODY: usize = 64 * 1024;
+/// `Retry-After` when Orga answers 429 without one.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The range Orga's `Retry-After` is clamped to before it is passed on.
+const RETRY_AFTER_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
 
-/// A cheap-to-clone handle on one shared connection pool.
+/// A cheap-to-clone handle on the upstream client.
 #[derive(Clone)]
 pub struct OrgaClient {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    http: Transport,
-    /// `POST` target with the encoded `email` query already in place.
-    client_secrets_url: Uri,
-    ice_config_url: Uri,
-    /// `Bearer <api key>`, marked sensitive so no `Debug` of the request shows it.
-    api_key_bearer: HeaderValue,
+    /// The shared outbound client.
+    http: reqwest::Client,
+    /// `POST` target, with the encoded `email` query when `orga.user_email` is set.
+    client_secrets_url: Url,
+    ice_config_url: Url,
+    calls_url: Url,
+    /// `Bearer <api key>`, marked sensitive; replaced when SIGHUP reloads the key.
+    api_key_bearer: RwLock<HeaderValue>,
     /// `orga.timeout`: the most one attempt may take.
     timeout: Duration,
     /// Opens after a run of failed credential requests.
     breaker: Arc<CircuitBreaker>,
 }
 
-/// How long each upstream call took, for the request's log line.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UpstreamTimings {
-    /// The client-secrets call.
-    pub client_secret: Duration,
-    /// The ice-config call.
-    pub ice_config: Duration,
-}
-
 impl OrgaClient {
-    /// Builds the client from validated configuration.
-    pub fn new(config: &OrgaConfig) -> Result<Self, String> {
-        Self::with_clock(config, Arc::new(SystemClock))
-    }
-
-    /// [`OrgaClient::new`] with the circuit breaker reading time from `clock` (tests).
-    pub fn with_clock(config: &OrgaConfig, clock: Arc<dyn Clock>) -> Result<Self, String> {
-        let base = config.base_url.trim_end_matches('/');
-        let client_secrets_url = format!(
-            "{base}/v1/realtime/client-secrets?email={}",
-            encode_uri_component(&config.user_email)
-        );
-        // url normalizes and percent-encodes what http's stricter parser would refuse.
-        let parse = |u: &str| {
-            let url = url::Url::parse(u).map_err(|e| format!("orga.base_url: {e}"))?;
-            Uri::try_from(url.as_str()).map_err(|e| format!("orga.base_url: {e}"))
-        };
-        let mut api_key_bearer =
-            HeaderValue::try_from(format!("Bearer {}", config.api_key.expose()))
-                .map_err(|_| "orga.api_key: not a valid header value".to_string())?;
-        api_key_bearer.set_sensitive(true);
+    /// Builds the client from validated configuration, on the shared outbound client.
+    pub fn new(config: &OrgaConfig, http: reqwest::Client, clock: Clock) -> Result<Self, String> {
+        let mut client_secrets_url = config.base_url.endpoint("/v1/realtime/client-secrets");
+        if let Some(email) = &config.user_email {
+            // Percent-encoded like JavaScript's `encodeURIComponent`, as the Node SDK did.
+            client_secrets_url.set_query(Some(&format!(
+                "email={}",
+                encode_uri_component(email.as_str())
+            )));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
-                http: Transport::new(config.timeout)?,
-                client_secrets_url: parse(&client_secrets_url)?,
-                ice_config_url: parse(&format!("{base}/v1/realtime/ice-config"))?,
-                api_key_bearer,
+                http,
+                client_secrets_url,
+                ice_config_url: config.base_url.endpoint("/v1/realtime/ice-config"),
+                calls_url: config.base_url.endpoint("/v1/realtime/calls"),
+                api_key_bearer: RwLock::new(api_key_bearer(&config.api_key)?),
                 timeout: config.timeout,
                 breaker: CircuitBreaker::new(
                     config.circuit_breaker_threshold,
@@ -88,23 +75,15 @@ impl OrgaClient {
         })
     }
 
-    /// The same client (same breaker, same targets, same TLS settings) with a connection
-    /// pool of its own.
-    /// Each serving thread takes one (see [`crate::AppState::for_worker`]): a request
-    /// whose pooled connection was opened on another thread would wake that thread
-    /// twice per call.
-    pub fn with_own_connections(&self) -> Self {
-        let inner = &self.inner;
-        Self {
-            inner: Arc::new(Inner {
-                http: inner.http.with_own_connections(),
-                client_secrets_url: inner.client_secrets_url.clone(),
-                ice_config_url: inner.ice_config_url.clone(),
-                api_key_bearer: inner.api_key_bearer.clone(),
-                timeout: inner.timeout,
-                breaker: inner.breaker.clone(),
-            }),
-        }
+    /// Uses `key` from the next call on (SIGHUP reload of `orga.api_key`).
+    pub fn set_api_key(&self, key: &Secret) -> Result<(), String> {
+        let bearer = api_key_bearer(key)?;
+        *self
+            .inner
+            .api_key_bearer
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = bearer;
+        Ok(())
     }
 
     /// The circuit breaker's state, for `/readyz`.
@@ -123,13 +102,50 @@ impl OrgaClient {
     pub async fn session_credentials(
         &self,
         deadline: Instant,
-        timings: &mut UpstreamTimings,
     ) -> Result<SessionCredentials, OrgaError> {
+        let result = self.guarded(self.fetch_credentials(deadline)).await;
+        if let Err(error) = &result {
+            error.report();
+        }
+        result
+    }
+
+    /// `POST /v1/realtime/calls` with the caller's ephemeral token and `body` (the
+    /// offer and the policy-checked params): Orga's answer, parsed as `T`. Not retried:
+    /// a call start is not idempotent.
+    pub async fn start_call<T: DeserializeOwned>(
+        &self,
+        token: &EphemeralToken,
+        body: &impl serde::Serialize,
+        deadline: Instant,
+    ) -> Result<T, OrgaError> {
+        let call = Call::StartCall;
+        let request = self
+            .inner
+            .http
+            .request(Method::POST, self.inner.calls_url.clone())
+            .header(AUTHORIZATION, token.bearer())
+            .json(body);
+        let timeout = left_before(deadline, self.inner.timeout);
+        let result = self
+            .guarded(timed(call, self.exchange(call, request, timeout)))
+            .await;
+        if let Err(error) = &result {
+            error.report();
+        }
+        result
+    }
+
+    /// Runs `work` behind the circuit breaker, recording whether it showed Orga unhealthy.
+    async fn guarded<T>(
+        &self,
+        work: impl Future<Output = Result<T, OrgaError>>,
+    ) -> Result<T, OrgaError> {
         let permit = self.inner.breaker.admit().map_err(|retry_after| {
             metrics::counter!(CIRCUIT_REJECTED).increment(1);
             OrgaError::CircuitOpen { retry_after }
         })?;
-        let result = self.fetch_credentials(deadline, timings).await;
+        let result = work.await;
         permit.record(
             result
                 .as_ref()
@@ -139,112 +155,207 @@ impl OrgaClient {
         result
     }
 
-    async fn fetch_credentials(
-        &self,
-        deadline: Instant,
-        timings: &mut UpstreamTimings,
-    ) -> Result<SessionCredentials, OrgaError> {
-        let timeout = self.inner.timeout;
-        let started = Instant::now();
-        let secret = with_retry(Call::ClientSecret, deadline, timeout, |timeout| {
-            self.client_secret_attempt(timeout)
+    async fn fetch_credentials(&self, deadline: Instant) -> Result<SessionCredentials, OrgaError> {
+        let secret: ClientSecret = with_retry(
+            Call::ClientSecret,
+            deadline,
+            self.inner.timeout,
+            |timeout| {
+                let request = self
+                    .inner
+                    .http
+                    .request(Method::POST, self.inner.client_secrets_url.clone())
+                    .header(AUTHORIZATION, self.api_key_bearer())
+                    .header(CONTENT_TYPE, "application/json");
+                self.exchange(Call::ClientSecret, request, timeout)
+            },
+        )
+        .await?;
+        secret.validate().map_err(|reason| OrgaError::Malformed {
+            call: Call::ClientSecret,
+            reason,
+        })?;
+        #[derive(serde::Deserialize)]
+        struct IceConfig {
+            #[serde(rename = "iceServers")]
+            ice_servers: Vec<IceServer>,
+        }
+        let ice: IceConfig = with_retry(Call::IceConfig, deadline, self.inner.timeout, |timeout| {
+            let request = self
+                .inner
+                .http
+                .request(Method::GET, self.inner.ice_config_url.clone())
+                .header(AUTHORIZATION, secret.ephemeral_token.bearer());
+            self.exchange(Call::IceConfig, request, timeout)
         })
-        .await;
-        timings.client_secret = started.elapsed();
-        let secret = secret?;
-        let started = Instant::now();
-        let ice_servers = with_retry(Call::IceConfig, deadline, timeout, |timeout| {
-            self.ice_config_attempt(&secret.ephemeral_token, timeout)
-        })
-        .await;
-        timings.ice_config = started.elapsed();
+        .await?;
+        for server in &ice.ice_servers {
+            server.validate().map_err(|reason| OrgaError::Malformed {
+                call: Call::IceConfig,
+                reason,
+            })?;
+        }
         Ok(SessionCredentials {
             ephemeral_token: secret.ephemeral_token,
-            ice_servers: ice_servers?,
+            ice_servers: ice.ice_servers,
             expires_at: secret.expires_at,
         })
     }
 
-    /// `POST /v1/realtime/client-secrets?email=...` with the API key as Bearer, no body.
-    /// One attempt, no breaker.
-    async fn client_secret_attempt(&self, timeout: Duration) -> Result<ClientSecret, OrgaError> {
-        let call = Call::ClientSecret;
-        let mut request = transport::request(Method::POST, &self.inner.client_secrets_url);
-        let headers = request.headers_mut();
-        headers.insert(AUTHORIZATION, self.inner.api_key_bearer.clone());
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        within(call, timeout, async {
-            let answer = self.inner.http.exchange(request, MAX_UPSTREAM_BODY).await;
-            let answer = answer.map_err(|e| transport_failure(call, e))?;
-            match answer.status {
-                s if s.is_success() => {}
-                s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                    return Err(OrgaError::Auth {
-                        call,
-                        status: s.as_u16(),
-                    });
-                }
-                s => {
-                    return Err(OrgaError::Status {
-                        call,
-                        status: s.as_u16(),
-                    });
-                }
-            }
-            let secret: ClientSecret = parse_json(call, answer.body)?;
-            secret
-                .validate()
-                .map_err(|reason| OrgaError::Malformed { call, reason })?;
-            Ok(secret)
-        })
-        .await
+    fn api_key_bearer(&self) -> HeaderValue {
+        self.inner
+            .api_key_bearer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// `GET /v1/realtime/ice-config` with the freshly minted token as Bearer.
-    /// One attempt, no breaker.
-    async fn ice_config_attempt(
+    /// One attempt of `call`: send, check the status, read at most
+    /// [`MAX_UPSTREAM_BODY`] and parse it, all within `timeout`.
+    async fn exchange<T: DeserializeOwned>(
         &self,
-        token: &EphemeralToken,
+        call: Call,
+        request: RequestBuilder,
         timeout: Duration,
-    ) -> Result<Vec<IceServer>, OrgaError> {
-        let call = Call::IceConfig;
-        let mut request = transport::request(Method::GET, &self.inner.ice_config_url);
-        request.headers_mut().insert(AUTHORIZATION, token.bearer());
-        within(call, timeout, async {
-            let answer = self.inner.http.exchange(request, MAX_UPSTREAM_BODY).await;
-            let answer = answer.map_err(|e| transport_failure(call, e))?;
-            if !answer.status.is_success() {
-                return Err(OrgaError::Status {
-                    call,
-                    status: answer.status.as_u16(),
+    ) -> Result<T, OrgaError> {
+        let answer = async {
+            let response = request
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(|e| transport_failure(call, &e))?;
+            let status = response.status();
+            if !status.is_success() {
+                let error = status_error(call, status, response.headers());
+                return Err(match error {
+                    // FastAPI's 422 names what it refused: read it for the log line.
+                    OrgaError::Rejected { .. } => OrgaError::Rejected {
+                        call,
+                        fields: rejected_fields(
+                            &outbound::read_capped(response, MAX_UPSTREAM_BODY)
+                                .await
+                                .unwrap_or_default(),
+                        ),
+                    },
+                    // Any other body is dropped unread, which closes the connection.
+                    error => error,
                 });
             }
-            #[derive(serde::Deserialize)]
-            struct IceConfig {
-                #[serde(rename = "iceServers")]
-                ice_servers: Vec<IceServer>,
-            }
-            let config: IceConfig = parse_json(call, answer.body)?;
-            for server in &config.ice_servers {
-                server
-                    .validate()
-                    .map_err(|reason| OrgaError::Malformed { call, reason })?;
-            }
-            Ok(config.ice_servers)
-        })
-        .await
+            let body = outbound::read_capped(response, MAX_UPSTREAM_BODY)
+                .await
+                .map_err(|e| match e {
+                    ReadError::TooLarge => OrgaError::Malformed {
+                        call,
+                        reason: format!("answer larger than {MAX_UPSTREAM_BODY} bytes"),
+                    },
+                    ReadError::Transport(e) => transport_failure(call, &e),
+                })?;
+            serde_json::from_slice(&body).map_err(|e| OrgaError::Malformed {
+                call,
+                reason: format!("not the documented JSON ({})", json_problem(&e)),
+            })
+        };
+        // reqwest's own timeout covers sending and the head; this one covers the body too.
+        tokio::time::timeout(timeout, answer)
+            .await
+            .unwrap_or(Err(OrgaError::Timeout { call }))
     }
 }
 
-/// Runs one attempt of `call`, sending, reading and parsing, within `timeout`.
-async fn within<T>(
-    call: Call,
-    timeout: Duration,
-    attempt: impl Future<Output = Result<T, OrgaError>>,
-) -> Result<T, OrgaError> {
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or(Err(OrgaError::Timeout { call }))
+fn api_key_bearer(key: &Secret) -> Result<HeaderValue, String> {
+    let mut bearer = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+        .map_err(|_| "orga.api_key: not a valid header value".to_string())?;
+    bearer.set_sensitive(true);
+    Ok(bearer)
+}
+
+/// The error for a non-success status.
+fn status_error(call: Call, status: StatusCode, headers: &HeaderMap) -> OrgaError {
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => OrgaError::Auth {
+            call,
+            status: status.as_u16(),
+        },
+        StatusCode::TOO_MANY_REQUESTS => OrgaError::RateLimited {
+            call,
+            retry_after: retry_after(headers, SystemTime::now()),
+        },
+        StatusCode::UNPROCESSABLE_ENTITY => OrgaError::Rejected {
+            call,
+            fields: Vec::new(),
+        },
+        status => OrgaError::Status {
+            call,
+            status: status.as_u16(),
+        },
+    }
+}
+
+/// Orga's `Retry-After` (delay seconds or an HTTP date), clamped to 1-300 s; 5 s when
+/// absent or unreadable.
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Duration {
+    let Some(value) = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()) else {
+        return DEFAULT_RETRY_AFTER;
+    };
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => match httpdate::parse_http_date(value) {
+            Ok(at) => at.duration_since(now).unwrap_or(Duration::ZERO),
+            Err(_) => return DEFAULT_RETRY_AFTER,
+        },
+    };
+    wait.clamp(RETRY_AFTER_RANGE.0, RETRY_AFTER_RANGE.1)
+}
+
+/// The fields FastAPI's 422 `detail` names (`loc` paths joined with dots), never the
+/// values (`input`, `msg`), and at most a few, each short.
+fn rejected_fields(body: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        detail: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        #[serde(default)]
+        loc: Vec<serde_json::Value>,
+    }
+    let Ok(detail) = serde_json::from_slice::<Detail>(body) else {
+        return vec!["(unnamed)".to_owned()];
+    };
+    let plain = |s: &str| {
+        s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+    };
+    let mut fields: Vec<String> = detail
+        .detail
+        .iter()
+        .take(8)
+        .map(|item| {
+            item.loc
+                .iter()
+                .map(|part| match part {
+                    serde_json::Value::String(s) if plain(s) => s.clone(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    _ => "?".to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .collect();
+    fields.dedup();
+    if fields.is_empty() {
+        fields.push("(unnamed)".to_owned());
+    }
+    fields
+}
+
+/// What is left of `timeout` before `deadline`, never zero (a zero timeout would mean
+/// "none" to some APIs).
+fn left_before(deadline: Instant, timeout: Duration) -> Duration {
+    let left = deadline.saturating_duration_since(Instant::now());
+    timeout.min(left).max(Duration::from_millis(1))
 }
 
 /// Whether a failed attempt of `call` may be tried again (see
@@ -259,8 +370,7 @@ fn retryable(call: Call, error: &OrgaError) -> bool {
 }
 
 /// Runs `attempt` (given its timeout: `orga.timeout`, cut to what is left before
-/// `deadline`), once more if the failure is [`retryable`] and time is left, and records
-/// each attempt's latency and error in the metrics.
+/// `deadline`), once more if the failure is [`retryable`] and time is left.
 async fn with_retry<T, F, Fut>(
     call: Call,
     deadline: Instant,
@@ -273,17 +383,10 @@ where
 {
     let mut retried = false;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        // A floor keeps a zero timeout (deadline already gone) from meaning "none".
-        let started = Instant::now();
-        let result = attempt(timeout.min(left).max(Duration::from_millis(1))).await;
-        upstream_duration(call, result.is_ok()).record(started.elapsed());
-        let error = match result {
+        let error = match timed(call, attempt(left_before(deadline, timeout))).await {
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
-        metrics::counter!(UPSTREAM_ERRORS, "call" => call.as_str(), "kind" => error.kind())
-            .increment(1);
         if retried || !retryable(call, &error) || Instant::now() >= deadline {
             return Err(error);
         }
@@ -293,34 +396,24 @@ where
     }
 }
 
-/// The latency histogram of `call`'s attempts that succeeded (`ok`) or failed, resolved
-/// once: two samples a credential, and the macro would build and look up the key for
-/// each. Resolved on first use, after `crate::app` installed the recorder.
-fn upstream_duration(call: Call, ok: bool) -> &'static Histogram {
-    const CALLS: [Call; 2] = [Call::ClientSecret, Call::IceConfig];
-    static HISTOGRAMS: LazyLock<[[Histogram; 2]; 2]> = LazyLock::new(|| {
-        CALLS.map(|call| {
-            ["ok", "error"].map(|outcome| {
-                metrics::histogram!(UPSTREAM_DURATION, "call" => call.as_str(), "outcome" => outcome)
-            })
-        })
-    });
-    let index = CALLS.iter().position(|c| *c == call).unwrap_or(0);
-    &HISTOGRAMS[index][usize::from(!ok)]
-}
-
-/// Parses a body read up to [`MAX_UPSTREAM_BODY`]. The body never goes into the
-/// error: an upstream could put anything there.
-fn parse_json<T: DeserializeOwned>(
+/// Runs one attempt, recording its latency (metrics and the request's log line) and
+/// its error kind.
+async fn timed<T>(
     call: Call,
-    body: Result<Bytes, TransportError>,
+    attempt: impl Future<Output = Result<T, OrgaError>>,
 ) -> Result<T, OrgaError> {
-    let body = body.map_err(|e| transport_failure(call, e))?;
-    serde_json::from_slice(&body).map_err(|e| OrgaError::Malformed {
-        call,
-        // serde_json's message names the position and expected type, never the content.
-        reason: format!("not the documented JSON ({})", json_problem(&e)),
-    })
+    let started = Instant::now();
+    let result = attempt.await;
+    let elapsed = started.elapsed();
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::histogram!(UPSTREAM_DURATION, "call" => call.as_str(), "outcome" => outcome)
+        .record(elapsed);
+    crate::telemetry::note_upstream(call.as_str(), elapsed);
+    if let Err(error) = &result {
+        metrics::counter!(UPSTREAM_ERRORS, "call" => call.as_str(), "kind" => error.kind())
+            .increment(1);
+    }
+    result
 }
 
 /// What kind of JSON problem, without serde_json's message (which may quote the body).
@@ -334,23 +427,35 @@ fn json_problem(error: &serde_json::Error) -> &'static str {
     }
 }
 
-fn transport_failure(call: Call, error: TransportError) -> OrgaError {
-    let (reason, never_sent) = match error {
-        TransportError::ConnectTimeout => return OrgaError::Timeout { call },
-        TransportError::TooLarge => {
-            return OrgaError::Malformed {
-                call,
-                reason: format!("answer larger than {MAX_UPSTREAM_BODY} bytes"),
-            };
-        }
-        TransportError::Connect(reason) => (reason, true),
-        TransportError::Sent(reason) => (reason, false),
-    };
+/// A transport error without its URL (the query may hold the email).
+fn transport_failure(call: Call, error: &reqwest::Error) -> OrgaError {
+    if error.is_timeout() {
+        return OrgaError::Timeout { call };
+    }
+    let reason = describe_transport(error);
     OrgaError::Transport {
         call,
         reason,
-        never_sent,
+        never_sent: error.is_connect(),
     }
+}
+
+/// The chain of causes of a transport error, without the URL.
+fn describe_transport(error: &reqwest::Error) -> String {
+    let mut reason = if error.is_connect() {
+        "cannot connect".to_owned()
+    } else if error.is_body() || error.is_decode() {
+        "the answer broke off".to_owned()
+    } else {
+        "the exchange failed".to_owned()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    reason
 }
 
 /// Percent-encodes like JavaScript's `encodeURIComponent`, as the Node SDK does.
@@ -405,6 +510,11 @@ mod tests {
             !retryable(Call::IceConfig, &timeout),
             "a timeout has used the time"
         );
+        let limited = OrgaError::RateLimited {
+            call: Call::IceConfig,
+            retry_after: DEFAULT_RETRY_AFTER,
+        };
+        assert!(!retryable(Call::IceConfig, &limited));
     }
 
     #[test]
@@ -415,5 +525,53 @@ mod tests {
         );
         assert_eq!(encode_uri_component("a b&c=d"), "a%20b%26c%3Dd");
         assert_eq!(encode_uri_component("é"), "%C3%A9");
+    }
+
+    fn with_retry_after(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::try_from(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date_and_is_clamped() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            retry_after(&with_retry_after("7"), now),
+            Duration::from_secs(7)
+        );
+        let in_a_minute = httpdate::fmt_http_date(now + Duration::from_secs(60));
+        assert_eq!(
+            retry_after(&with_retry_after(&in_a_minute), now),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            retry_after(&with_retry_after("0"), now),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_after(&with_retry_after("86400"), now),
+            Duration::from_secs(300)
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(60));
+        assert_eq!(
+            retry_after(&with_retry_after(&past), now),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_after(&with_retry_after("soon"), now),
+            DEFAULT_RETRY_AFTER
+        );
+        assert_eq!(retry_after(&HeaderMap::new(), now), DEFAULT_RETRY_AFTER);
+    }
+
+    #[test]
+    fn a_422_is_described_by_its_field_names_never_its_values() {
+        let body = br#"{"detail":[{"type":"value_error","loc":["query","email"],"msg":"value is not a valid email address: secret@","input":"secret@"},{"loc":["body","offer","candidates",0,"<script>"]}]}"#;
+        assert_eq!(
+            rejected_fields(body),
+            ["query.email", "body.offer.candidates.0.?"]
+        );
+        assert_eq!(rejected_fields(b"<html>"), ["(unnamed)"]);
     }
 }

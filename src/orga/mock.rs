@@ -25,7 +25,7 @@ pub const API_KEY_PREFIX: &str = "sk_orga_ai_";
 #[derive(Debug, Clone, Default)]
 pub struct MockOptions {
     /// Accept only this API key; `None` accepts any `sk_orga_ai_*` key.
-    pub api_key: Option<crate::config::Secret>,
+    pub api_key: Option<crate::secret::Secret>,
     /// Added before every answer, to model a distant upstream.
     pub latency: Duration,
 }
@@ -110,7 +110,7 @@ async fn client_secrets(
     let Some(email) = query.get("email") else {
         return validation_error(&["query", "email"], "Field required", "missing");
     };
-    if crate::config::validate_email(email).is_err() {
+    if email.parse::<crate::config::Email>().is_err() {
         return validation_error(
             &["query", "email"],
             "value is not a valid email address",

@@ -5,10 +5,9 @@ pub mod breaker;
 mod client;
 mod error;
 pub mod mock;
-mod transport;
 mod types;
 
 pub use breaker::CircuitState;
-pub use client::{OrgaClient, UpstreamTimings};
+pub use client::OrgaClient;
 pub use error::{Call, OrgaError};
 pub use types::{ClientSecret, EphemeralToken, Expiry, IceServer, IceUrls, SessionCredentials};

@@ -4,7 +4,8 @@
 //! overflow budget until a sweep makes room.
 
 use super::Decision;
-use governor::clock::{Clock, FakeRelativeClock};
+use crate::clock::Clock;
+use governor::clock::Clock as GovernorClock;
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
@@ -14,43 +15,7 @@ use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-/// The limiter's time source. Production reads the monotonic clock; tests hold a
-/// [`FakeRelativeClock`] and advance it instead of sleeping.
-#[derive(Debug, Clone)]
-pub enum LimiterClock {
-    /// Monotonic time since this instant.
-    Monotonic(Instant),
-    /// Time that moves only when the test advances it.
-    Manual(FakeRelativeClock),
-}
-
-impl LimiterClock {
-    /// The real monotonic clock.
-    pub fn monotonic() -> Self {
-        Self::Monotonic(Instant::now())
-    }
-
-    /// A clock stopped at zero, and the handle that advances it.
-    pub fn manual() -> (Self, FakeRelativeClock) {
-        let fake = FakeRelativeClock::default();
-        (Self::Manual(fake.clone()), fake)
-    }
-}
-
-impl Clock for LimiterClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        match self {
-            Self::Monotonic(origin) => {
-                Nanos::from(u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
-            }
-            Self::Manual(fake) => fake.now(),
-        }
-    }
-}
+use std::time::Duration;
 
 /// A GCRA quota: `burst` requests at once, one more every `interval`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +110,7 @@ impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for Store<K> {
     }
 }
 
-type Governor<K> = RateLimiter<K, Store<K>, LimiterClock, StateInformationMiddleware>;
+type Governor<K> = RateLimiter<K, Store<K>, Clock, StateInformationMiddleware>;
 
 /// A keyed in-memory limiter.
 #[derive(Debug)]
@@ -166,7 +131,7 @@ pub struct LocalLimiter<K: Hash + Eq + Clone> {
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> LocalLimiter<K> {
     /// A limiter of `rate` tracking at most `max_keys` keys, swept every `sweep_interval`.
-    pub fn new(rate: Rate, max_keys: usize, sweep_interval: Duration, clock: LimiterClock) -> Self {
+    pub fn new(rate: Rate, max_keys: usize, sweep_interval: Duration, clock: Clock) -> Self {
         let quota = Quota::with_period(rate.interval)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(rate.burst);
@@ -176,7 +141,9 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> LocalLimiter<K> {
             max_keys: max_keys.max(1),
             overflowed: AtomicU64::new(0),
         });
-        let first_sweep = clock.now().as_u64().saturating_add(nanos(sweep_interval));
+        let first_sweep = GovernorClock::now(&clock)
+            .as_u64()
+            .saturating_add(nanos(sweep_interval));
         Self {
             governor: RateLimiter::new(quota, Store(table.clone()), clock),
             table,
@@ -200,7 +167,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> LocalLimiter<K> {
                 Decision::admitted(limit, remaining, reset)
             }
             Err(not_until) => {
-                let wait = not_until.wait_time_from(self.governor.clock().now());
+                let wait = not_until.wait_time_from(GovernorClock::now(self.governor.clock()));
                 let reset = wait + self.rate.interval * (limit - 1);
                 Decision::refused(limit, wait, reset)
             }
@@ -234,7 +201,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> LocalLimiter<K> {
     /// Starts a sweep when one is due: every `sweep_interval`, or at once (at most
     /// once a second) when the table is full.
     fn maybe_sweep(self: &Arc<Self>) {
-        let now = self.governor.clock().now().as_u64();
+        let now = GovernorClock::now(self.governor.clock()).as_u64();
         let due = self.next_sweep.load(Ordering::Relaxed);
         let full = self.table.states.len() >= self.table.max_keys;
         let earliest_when_full =
@@ -273,12 +240,9 @@ fn nanos(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    fn limiter(
-        rpm: u32,
-        burst: u32,
-        max_keys: usize,
-    ) -> (Arc<LocalLimiter<u32>>, FakeRelativeClock) {
-        let (clock, fake) = LimiterClock::manual();
+    fn limiter(rpm: u32, burst: u32, max_keys: usize) -> (Arc<LocalLimiter<u32>>, Clock) {
+        let clock = Clock::manual(std::time::SystemTime::now());
+        let fake = clock.clone();
         let rate = Rate::per_minute(rpm, burst);
         let limiter = LocalLimiter::new(rate, max_keys, Duration::from_secs(30), clock);
         (Arc::new(limiter), fake)

@@ -4,34 +4,29 @@
 //! - [`client_ip`]: who the client is (peer, trusted proxies, IPv6 prefix keying).
 //! - [`local`]: governor's keyed GCRA in memory, bounded, on an injected clock.
 //! - [`redis`]: the same GCRA in Redis, shared by every replica.
-//! - [`config`]: the `[rate_limit]` section.
 //!
-//! Two middlewares: [`limit_clients`] (per client IP, before auth) and
-//! [`limit_subjects`] (per authenticated subject, after auth, off by default). Both
+//! Two limits, checked by the gate's stages (`crate::http::gate`): per client IP
+//! (before auth) and per authenticated subject (after auth, off by default). Both
 //! send `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` on admitted
 //! responses and answer 429 `rate_limited` with `Retry-After` when a budget is spent.
 
 pub mod client_ip;
-pub mod config;
 pub mod local;
 pub mod redis;
 
-pub use client_ip::{ClientKey, TrustedProxies};
-pub use config::{Backend, PerSubjectConfig, RateLimitConfig, RedisFailure};
-pub use local::{LimiterClock, LocalLimiter, Rate};
+pub use client_ip::ClientKey;
+pub use local::{LocalLimiter, Rate};
 
-use self::redis::{RedisConnection, RedisLimiter};
+use self::redis::RedisLimiter;
+use crate::clock::Clock;
+use crate::config::{Backend, RateLimitConfig, RedisConfig, TrustedProxies};
 use crate::error::{ApiError, retry_after_secs};
-use crate::state::Readiness;
-use axum::extract::{ConnectInfo, Request, State};
+use crate::store::RedisConnection;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use std::fmt::Display;
 use std::hash::Hash;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// `RateLimit-Limit`: requests a full budget admits at once (the burst).
@@ -125,9 +120,8 @@ impl<K: Hash + Eq + Clone + Display + Send + Sync + 'static> Limiter<K> {
     fn build(
         config: &RateLimitConfig,
         rate: Rate,
-        scope: &str,
-        clock: &LimiterClock,
-        redis: Option<&Arc<RedisConnection>>,
+        redis: Option<(&Arc<RedisConnection>, String)>,
+        clock: &Clock,
     ) -> Self {
         let local = Arc::new(LocalLimiter::new(
             rate,
@@ -137,12 +131,9 @@ impl<K: Hash + Eq + Clone + Display + Send + Sync + 'static> Limiter<K> {
         ));
         match redis {
             None => Self::Memory(local),
-            Some(connection) => Self::Redis(RedisLimiter::new(
-                connection.clone(),
-                format!("{}{scope}:", config.redis_key_prefix),
-                rate,
-                local,
-            )),
+            Some((connection, prefix)) => {
+                Self::Redis(RedisLimiter::new(connection.clone(), prefix, rate, local))
+            }
         }
     }
 
@@ -163,10 +154,17 @@ impl<K: Hash + Eq + Clone + Display + Send + Sync + 'static> Limiter<K> {
     }
 }
 
-/// The rate-limit handle kept in `AppState`; cheap to clone. Disabled, it admits
-/// everything and sends no headers.
-#[derive(Debug, Clone, Default)]
-pub struct RateLimit(Option<Arc<Limits>>);
+/// The rate-limit handle kept in `AppState`; cheap to clone. Disabled, it still knows
+/// who a client is (quotas key on it) but admits everything and sends no headers.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    /// Whose `X-Forwarded-For` is believed.
+    trusted: Arc<TrustedProxies>,
+    /// `rate_limit.ipv6_prefix`.
+    ipv6_prefix: u8,
+    /// The limits, when enabled.
+    limits: Option<Arc<Limits>>,
+}
 
 /// The enabled limits.
 #[derive(Debug)]
@@ -175,75 +173,70 @@ struct Limits {
     clients: Limiter<ClientKey>,
     /// Per authenticated subject, when `per_subject.enabled`.
     subjects: Option<Limiter<String>>,
-    /// Whose `X-Forwarded-For` is believed.
-    trusted: TrustedProxies,
-    /// `rate_limit.ipv6_prefix`.
-    ipv6_prefix: u8,
+}
+
+/// Who the client is: its address (through trusted proxies) and the key its budgets
+/// live under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// Its key: the address for IPv4, the `/ipv6_prefix` network for IPv6.
+    pub key: ClientKey,
 }
 
 impl RateLimit {
-    /// Builds the limits from a validated configuration on the monotonic clock. With
-    /// the Redis backend this registers the `redis` readiness dependency and needs a
-    /// Tokio runtime.
-    pub fn from_config(config: &RateLimitConfig, readiness: &Readiness) -> Result<Self, String> {
-        Self::with_clock(config, readiness, LimiterClock::monotonic())
-    }
-
-    /// As [`RateLimit::from_config`], with the in-memory budgets on `clock`.
-    pub fn with_clock(
+    /// Builds the limits from a validated configuration. With the Redis backend,
+    /// `redis` is the shared connection (see [`crate::store`]).
+    pub fn new(
         config: &RateLimitConfig,
-        readiness: &Readiness,
-        clock: LimiterClock,
-    ) -> Result<Self, String> {
-        if !config.enabled {
-            return Ok(Self(None));
-        }
-        let trusted = TrustedProxies::parse(&config.trusted_proxies)
-            .map_err(|e| format!("rate_limit.trusted_proxies: {e}"))?;
-        let redis = match config.backend {
-            Backend::Memory => None,
-            Backend::Redis => Some(RedisConnection::start(
-                config.redis_url.expose(),
-                config.redis_timeout,
-                config.redis_failure,
-                readiness.dependency("redis"),
-            )?),
-        };
-        let clients = Limiter::build(
-            config,
-            Rate::per_minute(config.requests_per_minute, config.burst),
-            "ip",
-            &clock,
-            redis.as_ref(),
-        );
-        let subject = &config.per_subject;
-        let subjects = subject.enabled.then(|| {
-            let rate = Rate::per_minute(subject.requests_per_minute, subject.burst);
-            Limiter::build(config, rate, "sub", &clock, redis.as_ref())
+        redis: Option<&Arc<RedisConnection>>,
+        redis_config: &RedisConfig,
+        clock: Clock,
+    ) -> Self {
+        let limits = config.enabled.then(|| {
+            let shared = |scope: &str| {
+                redis
+                    .filter(|_| config.backend == Backend::Redis)
+                    .map(|connection| {
+                        (
+                            connection,
+                            format!("{}rl:{scope}:", redis_config.key_prefix),
+                        )
+                    })
+            };
+            let clients = Limiter::build(
+                config,
+                Rate::per_minute(config.requests_per_minute, config.burst),
+                shared("ip"),
+                &clock,
+            );
+            let subject = &config.per_subject;
+            let subjects = subject.enabled.then(|| {
+                let rate = Rate::per_minute(subject.requests_per_minute, subject.burst);
+                Limiter::build(config, rate, shared("sub"), &clock)
+            });
+            Arc::new(Limits { clients, subjects })
         });
-        Ok(Self(Some(Arc::new(Limits {
-            clients,
-            subjects,
-            trusted,
+        Self {
+            trusted: Arc::new(config.trusted_proxies.clone()),
             ipv6_prefix: config.ipv6_prefix,
-        }))))
+            limits,
+        }
     }
 
-    /// A handle that limits nothing.
-    pub fn disabled() -> Self {
-        Self(None)
-    }
-
-    /// The key of the client behind `peer` (see [`client_ip::client_ip`]).
-    pub fn client_key(&self, peer: IpAddr, headers: &HeaderMap) -> Option<ClientKey> {
-        let limits = self.0.as_ref()?;
-        let ip = client_ip::client_ip(peer, headers, &limits.trusted);
-        Some(ClientKey::new(ip, limits.ipv6_prefix))
+    /// The client behind `peer` (see [`client_ip::client_ip`]).
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Client {
+        let ip = client_ip::client_ip(peer, headers, &self.trusted);
+        Client {
+            ip,
+            key: ClientKey::new(ip, self.ipv6_prefix),
+        }
     }
 
     /// Spends one request of the client's budget.
     pub async fn check_client(&self, key: &ClientKey) -> Result<Option<Decision>, ApiError> {
-        match &self.0 {
+        match &self.limits {
             Some(limits) => limits.clients.check(key).await,
             None => Ok(None),
         }
@@ -251,106 +244,9 @@ impl RateLimit {
 
     /// Spends one request of the subject's budget, when the per-subject limit is on.
     pub async fn check_subject(&self, subject: &str) -> Result<Option<Decision>, ApiError> {
-        match self.0.as_ref().and_then(|l| l.subjects.as_ref()) {
+        match self.limits.as_ref().and_then(|l| l.subjects.as_ref()) {
             Some(subjects) => subjects.check(&subject.to_owned()).await,
             None => Ok(None),
         }
-    }
-}
-
-/// The peer address of `request`, for [`admit_client`].
-pub fn peer_of(request: &Request) -> IpAddr {
-    match request.extensions().get::<ConnectInfo<SocketAddr>>() {
-        Some(ConnectInfo(addr)) => addr.ip(),
-        None => {
-            warn_no_peer_once();
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        }
-    }
-}
-
-/// The per-client check of [`limit_clients`] for a request from `peer` with `headers`:
-/// the decision whose headers go on the answer, or the refusal to send instead.
-pub async fn admit_client(
-    limit: &RateLimit,
-    peer: IpAddr,
-    headers: &HeaderMap,
-) -> Result<Option<Decision>, Response> {
-    let Some(key) = limit.client_key(peer, headers) else {
-        return Ok(None);
-    };
-    limit.check_client(&key).await.map_err(|error| {
-        // A Redis failure (fail closed) is logged once by the backend, not per request.
-        if matches!(error, ApiError::RateLimited { .. }) {
-            tracing::info!(client = %key, "client over its rate limit");
-        }
-        error.into_response()
-    })
-}
-
-/// Middleware, outermost on the credentials route (before auth): one budget per
-/// client IP.
-pub async fn limit_clients(
-    State(limit): State<RateLimit>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let decision = match admit_client(&limit, peer_of(&request), request.headers()).await {
-        Ok(decision) => decision,
-        Err(refused) => return refused,
-    };
-    let mut response = next.run(request).await;
-    if let Some(decision) = decision {
-        decision.apply(response.headers_mut());
-    }
-    response
-}
-
-/// The caller auth identified ([`crate::auth::require`] puts it in the extensions).
-fn subject_of(request: &Request) -> Option<&str> {
-    request
-        .extensions()
-        .get::<crate::auth::Subject>()
-        .map(crate::auth::Subject::as_str)
-}
-
-/// The per-subject check of [`limit_subjects`]: the decision whose headers go on the
-/// answer, or the refusal to send instead.
-pub async fn admit_subject(limit: &RateLimit, subject: &str) -> Result<Option<Decision>, Response> {
-    limit.check_subject(subject).await.map_err(|error| {
-        if matches!(error, ApiError::RateLimited { .. }) {
-            tracing::info!("subject over its rate limit");
-        }
-        error.into_response()
-    })
-}
-
-/// Middleware, after auth on the credentials route: one budget per authenticated
-/// subject. Requests without a subject (auth mode `none`) pass untouched.
-pub async fn limit_subjects(
-    State(limit): State<RateLimit>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(subject) = subject_of(&request) else {
-        return next.run(request).await;
-    };
-    let decision = match admit_subject(&limit, subject).await {
-        Ok(decision) => decision,
-        Err(refused) => return refused,
-    };
-    let mut response = next.run(request).await;
-    if let Some(decision) = decision {
-        decision.apply(response.headers_mut());
-    }
-    response
-}
-
-fn warn_no_peer_once() {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if !WARNED.swap(true, Ordering::Relaxed) {
-        tracing::error!(
-            "no peer address on the request (serve the router with into_make_service_with_connect_info); every client shares one rate-limit budget"
-        );
     }
 }

@@ -3,13 +3,12 @@
 //! clock. Every call has a deadline; when Redis fails, `redis_failure` decides.
 
 use super::Decision;
-use super::config::RedisFailure;
 use super::local::{LocalLimiter, Rate};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::config::RedisFailure;
+use crate::store::RedisConnection;
 use std::fmt::Display;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 /// GCRA (as in governor: `tau = interval × (burst − 1)`) in microseconds of Redis time.
@@ -38,167 +37,33 @@ return {1, remaining, new_tat - now, 0}
 
 static GCRA: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GCRA_LUA));
 
-/// How often Redis is pinged while healthy, and while not.
-const PING_HEALTHY: Duration = Duration::from_secs(5);
-const PING_FAILING: Duration = Duration::from_secs(1);
-
-/// The connection shared by the client and subject limiters, with its health.
-pub struct RedisConnection {
-    /// Reconnects by itself; cloned per call (it is a handle).
-    manager: ConnectionManager,
-    /// `rate_limit.redis_timeout`, applied to every call.
-    timeout: Duration,
-    /// `rate_limit.redis_failure`.
-    failure: RedisFailure,
-    /// Whether the last call succeeded (for logging transitions once).
-    healthy: AtomicBool,
-    /// The `redis` readiness flag: with `closed`, whether Redis answers now; otherwise
-    /// whether it has answered once (a wrong `redis_url` never becomes ready, but an
-    /// outage later does not take every replica out of the load balancer).
-    ready: Arc<AtomicBool>,
-}
-
-impl std::fmt::Debug for RedisConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConnection")
-            .field("timeout", &self.timeout)
-            .field("failure", &self.failure)
-            .field("healthy", &self.healthy)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisConnection {
-    /// Connects lazily (nothing blocks here) and starts the health pinger, which
-    /// stops when the connection is dropped. Needs a Tokio runtime.
-    pub fn start(
-        url: &str,
-        timeout: Duration,
-        failure: RedisFailure,
-        ready: Arc<AtomicBool>,
-    ) -> Result<Arc<Self>, String> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(
-                "the Redis rate-limit backend must be started inside a Tokio runtime".into(),
-            );
-        }
-        // The URL's shape was validated; errors here never echo it (it may hold a password).
-        let client = redis::Client::open(url)
-            .map_err(|e| format!("rate_limit.redis_url is not usable: {:?}", e.kind()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cannot set up the Redis connection: {:?}", e.kind()))?;
-        let connection = Arc::new(Self {
-            manager,
-            timeout,
-            failure,
-            // Presumed healthy until a call fails, so that first failure is logged
-            // (a wrong host or password would otherwise never say a word).
-            healthy: AtomicBool::new(true),
-            ready,
-        });
-        tokio::spawn(ping_until_dropped(Arc::downgrade(&connection)));
-        Ok(connection)
-    }
-
-    /// Runs the GCRA script for `key`.
-    async fn gcra(&self, key: &str, rate: Rate) -> Result<Decision, String> {
-        let interval_us = u64::try_from(rate.interval.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut conn = self.manager.clone();
-        let call = async move {
+/// Runs the GCRA script for `key`.
+async fn gcra(connection: &RedisConnection, key: &str, rate: Rate) -> Result<Decision, String> {
+    let interval_us = u64::try_from(rate.interval.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let reply = connection
+        .query(|mut conn| async move {
             GCRA.key(key)
                 .arg(interval_us)
                 .arg(rate.burst.get())
                 .invoke_async::<Vec<i64>>(&mut conn)
                 .await
-        };
-        let reply = self.deadline(call).await?;
-        let [admitted, remaining, reset_us, wait_us] = reply[..] else {
-            return Err(format!(
-                "unexpected reply shape from the GCRA script: {reply:?}"
-            ));
-        };
-        let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-        let limit = rate.burst.get();
-        Ok(if admitted == 1 {
-            let remaining = u32::try_from(remaining).unwrap_or(0).min(limit);
-            Decision::admitted(limit, remaining, micros(reset_us))
-        } else {
-            Decision::refused(limit, micros(wait_us), micros(reset_us))
         })
-    }
-
-    /// False from a failed call until the pinger gets an answer again.
-    fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst)
-    }
-
-    async fn ping(&self) -> Result<(), String> {
-        let mut conn = self.manager.clone();
-        let call = async move { redis::cmd("PING").query_async::<String>(&mut conn).await };
-        self.deadline(call).await.map(|_| ())
-    }
-
-    /// Applies the call deadline and records the outcome.
-    async fn deadline<T>(
-        &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, String> {
-        let result = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(describe(&e)),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-        };
-        self.record(result.as_ref().err());
-        result
-    }
-
-    fn record(&self, error: Option<&String>) {
-        let ok = error.is_none();
-        if ok || self.failure == RedisFailure::Closed {
-            self.ready.store(ok, Ordering::SeqCst);
-        }
-        let was = self.healthy.swap(ok, Ordering::SeqCst);
-        match error {
-            Some(error) if was => tracing::warn!(
-                error = %error,
-                on_failure = ?self.failure,
-                "rate-limit Redis is failing; applying rate_limit.redis_failure"
-            ),
-            None if !was => tracing::info!("rate-limit Redis is answering"),
-            _ => {}
-        }
-    }
-}
-
-/// A Redis error without anything from the connection info.
-fn describe(error: &redis::RedisError) -> String {
-    if error.is_timeout() {
-        "timed out".into()
-    } else if error.is_connection_refusal() {
-        "connection refused".into()
+        .await?;
+    let [admitted, remaining, reset_us, wait_us] = reply[..] else {
+        return Err(format!(
+            "unexpected reply shape from the GCRA script: {reply:?}"
+        ));
+    };
+    let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+    let limit = rate.burst.get();
+    Ok(if admitted == 1 {
+        let remaining = u32::try_from(remaining).unwrap_or(0).min(limit);
+        Decision::admitted(limit, remaining, micros(reset_us))
     } else {
-        error.to_string()
-    }
-}
-
-async fn ping_until_dropped(connection: Weak<RedisConnection>) {
-    loop {
-        let healthy = {
-            let Some(connection) = connection.upgrade() else {
-                return;
-            };
-            connection.ping().await.is_ok()
-        };
-        tokio::time::sleep(if healthy { PING_HEALTHY } else { PING_FAILING }).await;
-    }
+        Decision::refused(limit, micros(wait_us), micros(reset_us))
+    })
 }
 
 /// A keyed limiter whose budgets live in Redis.
@@ -237,13 +102,13 @@ impl<K: Hash + Eq + Clone + Display + Send + Sync + 'static> RedisLimiter<K> {
         // spend up to redis_timeout); the pinger brings it back once it answers.
         let shared = if self.connection.is_healthy() {
             let storage_key = format!("{}{key}", self.prefix);
-            self.connection.gcra(&storage_key, self.rate).await.ok()
+            gcra(&self.connection, &storage_key, self.rate).await.ok()
         } else {
             None
         };
         match shared {
             Some(decision) => Ok(Some(decision)),
-            None => match self.connection.failure {
+            None => match self.connection.failure_policy() {
                 RedisFailure::Local => Ok(Some(self.fallback.check(key))),
                 RedisFailure::Open => Ok(None),
                 RedisFailure::Closed => Err(()),

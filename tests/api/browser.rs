@@ -161,7 +161,8 @@ async fn an_allowed_origin_gets_credentials_that_rtc_peer_connection_accepts() {
         return;
     };
     let page = serve_page(Router::new()).await;
-    let app = spawn_app_with(|c| c.cors.allowed_origins = vec![format!("http://{page}")]).await;
+    let app =
+        spawn_app_with(|c| c.cors.allowed_origins = origins(&[&format!("http://{page}")])).await;
     let result = run_example(
         &browser,
         &format!("http://{page}"),
@@ -187,7 +188,7 @@ async fn a_page_on_an_origin_that_is_not_allowed_cannot_read_the_response() {
     };
     let page = serve_page(Router::new()).await;
     let app =
-        spawn_app_with(|c| c.cors.allowed_origins = vec!["https://app.example.com".into()]).await;
+        spawn_app_with(|c| c.cors.allowed_origins = origins(&["https://app.example.com"])).await;
     let result = run_example(
         &browser,
         &format!("http://{page}"),
@@ -212,13 +213,13 @@ async fn a_page_on_an_origin_that_is_not_allowed_cannot_read_the_response() {
 async fn app_requiring(page: SocketAddr, mode: &str) -> TestApp {
     let mode = mode.to_owned();
     spawn_app_with(move |c| {
-        c.cors.allowed_origins = vec![format!("http://{page}")];
+        c.cors.allowed_origins = origins(&[&format!("http://{page}")]);
         if mode == "api_key" {
-            c.auth.mode = orga_proxy::auth::AuthMode::ApiKey;
-            c.auth.api_keys = vec![orga_proxy::config::Secret::new(BROWSER_API_KEY)];
+            c.auth.mode = orga_proxy::config::AuthMode::ApiKey;
+            c.auth.api_keys = api_keys(&[BROWSER_API_KEY]);
         } else {
-            c.auth.mode = orga_proxy::auth::AuthMode::Jwt;
-            c.auth.jwt.secret = orga_proxy::config::Secret::new(crate::auth::HS_SECRET);
+            c.auth.mode = orga_proxy::config::AuthMode::Jwt;
+            c.auth.jwt.secret = orga_proxy::secret::Secret::new(crate::auth::HS_SECRET);
         }
     })
     .await
@@ -294,11 +295,11 @@ async fn a_same_site_page_with_a_jwt_cookie_succeeds_with_credentials_include() 
     let app = spawn_app_with({
         let page_origin = page_origin.clone();
         move |c| {
-            c.cors.allowed_origins = vec![page_origin];
+            c.cors.allowed_origins = origins(&[&page_origin]);
             c.cors.allow_credentials = true;
-            c.auth.mode = orga_proxy::auth::AuthMode::Jwt;
-            c.auth.jwt.secret = orga_proxy::config::Secret::new(crate::auth::HS_SECRET);
-            c.auth.jwt.cookie = "orga_session".into();
+            c.auth.mode = orga_proxy::config::AuthMode::Jwt;
+            c.auth.jwt.secret = orga_proxy::secret::Secret::new(crate::auth::HS_SECRET);
+            c.auth.jwt.cookie = Some("orga_session".parse().unwrap());
         }
     })
     .await;

@@ -2,8 +2,8 @@
 //! `healthcheck`, and secrets absent from the logs at trace level.
 
 use crate::helpers::*;
-use orga_proxy::config::Secret;
 use orga_proxy::orga::mock::MockOptions;
+use orga_proxy::secret::Secret;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,7 @@ use crate::helpers::*;
 const APP_ORIGIN: &str = "https://app.example.com";
 
 async fn app() -> TestApp {
-    spawn_app_with(|c| c.cors.allowed_origins = vec![APP_ORIGIN.into()]).await
+    spawn_app_with(|c| c.cors.allowed_origins = origins(&[APP_ORIGIN])).await
 }
 
 async fn get_from(app: &TestApp, origin: &str) -> reqwest::Response {
@@ -79,11 +79,9 @@ async fn a_request_without_origin_is_served_normally() {
 async fn a_preflight_from_an_allowed_origin_is_answered_without_authentication() {
     // Auth is on: a preflight carries no credentials, and must pass anyway.
     let app = spawn_app_with(|c| {
-        c.cors.allowed_origins = vec![APP_ORIGIN.into()];
-        c.auth.mode = orga_proxy::auth::AuthMode::ApiKey;
-        c.auth.api_keys = vec![orga_proxy::config::Secret::new(
-            "cors-test-key-0123456789abcdef",
-        )];
+        c.cors.allowed_origins = origins(&[APP_ORIGIN]);
+        c.auth.mode = orga_proxy::config::AuthMode::ApiKey;
+        c.auth.api_keys = api_keys(&["cors-test-key-0123456789abcdef"]);
     })
     .await;
     let unauthenticated = app.get_credentials().await;
@@ -136,7 +134,7 @@ async fn a_preflight_from_another_origin_gets_no_cors_headers() {
 #[tokio::test]
 async fn allow_credentials_is_sent_only_when_configured() {
     let app = spawn_app_with(|c| {
-        c.cors.allowed_origins = vec![APP_ORIGIN.into()];
+        c.cors.allowed_origins = origins(&[APP_ORIGIN]);
         c.cors.allow_credentials = true;
     })
     .await;

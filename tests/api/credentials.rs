@@ -177,10 +177,15 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_unnoticed() {
     // balancers do; the proxy must not send the next call into the dead connection.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let options = orga_proxy::http::server::ServeOptions {
+        header_read_timeout: std::time::Duration::from_millis(100),
+        http2: false,
+        max_connections: None,
+    };
     tokio::spawn(orga_proxy::http::server::serve(
         listener,
         orga_proxy::orga::mock::router(MockOptions::default()),
-        std::time::Duration::from_millis(100),
+        options,
         std::future::pending(),
     ));
     let (relay, opened) = counting_relay(upstream).await;

@@ -37,7 +37,12 @@ async fn readiness_answers_503_as_soon_as_shutdown_begins() {
     let mut config = test_config(&upstream.url);
     config.server.shutdown_timeout = Duration::from_secs(30);
     let (router, state) = orga_proxy::app(Arc::new(config)).unwrap();
-    let readyz = || Request::get("/readyz").body(Body::empty()).unwrap();
+    let readyz = || {
+        Request::get("/readyz")
+            .header("host", "proxy.test")
+            .body(Body::empty())
+            .unwrap()
+    };
     assert_eq!(
         router.clone().oneshot(readyz()).await.unwrap().status(),
         StatusCode::OK

@@ -1,7 +1,8 @@
 //! Spawning the app and its fakes for the end-to-end tests.
 
-use orga_proxy::config::{Config, Secret};
+use orga_proxy::config::{AllowedOrigins, ApiKeyList, Config};
 use orga_proxy::orga::mock::{self, MockOptions};
+use orga_proxy::secret::Secret;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -70,10 +71,10 @@ pub fn client() -> reqwest::Client {
 /// A configuration for tests, pointed at `base_url`.
 pub fn test_config(base_url: &str) -> Config {
     let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".into();
-    config.orga.base_url = base_url.into();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.orga.base_url = base_url.parse().expect("a loopback base URL");
     config.orga.api_key = Secret::new(TEST_API_KEY);
-    config.orga.user_email = TEST_EMAIL.into();
+    config.orga.user_email = Some(TEST_EMAIL.parse().unwrap());
     // Every test client is 127.0.0.1: one budget of 10. Tests about something else must
     // not trip over it; the rate-limit tests turn it back on.
     config.rate_limit.enabled = false;
@@ -90,6 +91,18 @@ pub async fn spawn_mock_upstream(options: MockOptions) -> String {
     format!("http://{addr}")
 }
 
+/// `cors.allowed_origins` as a test writes it.
+pub fn origins(entries: &[&str]) -> AllowedOrigins {
+    AllowedOrigins::try_from(entries.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        .expect("valid test origins")
+}
+
+/// `auth.api_keys` as a test writes it.
+pub fn api_keys(entries: &[&str]) -> ApiKeyList {
+    ApiKeyList::try_from(entries.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        .expect("valid test keys")
+}
+
 /// The proxy against the embedded fake Orga Cloud, with default test config.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
@@ -103,16 +116,10 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
 
 /// The proxy against any upstream (a wiremock server, a closed port...).
 pub async fn spawn_app_against(base_url: &str, customize: impl FnOnce(&mut Config)) -> TestApp {
-    spawn(base_url, customize, false).await
+    spawn(base_url, customize).await
 }
 
-/// As [`spawn_app_against`], served the way the binary serves: on `server.workers`
-/// threads of their own rather than on the test's runtime.
-pub async fn spawn_app_on_workers(base_url: &str, customize: impl FnOnce(&mut Config)) -> TestApp {
-    spawn(base_url, customize, true).await
-}
-
-async fn spawn(base_url: &str, customize: impl FnOnce(&mut Config), on_workers: bool) -> TestApp {
+async fn spawn(base_url: &str, customize: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(base_url);
     customize(&mut config);
     let credentials_path = config.server.credentials_path.clone();
@@ -123,15 +130,7 @@ async fn spawn(base_url: &str, customize: impl FnOnce(&mut Config), on_workers: 
     let shutdown = async {
         let _ = rx.await;
     };
-    let handle = if on_workers {
-        tokio::spawn(orga_proxy::serve_on_workers(
-            state.clone(),
-            listener,
-            shutdown,
-        ))
-    } else {
-        tokio::spawn(orga_proxy::serve(router, state.clone(), listener, shutdown))
-    };
+    let handle = tokio::spawn(orga_proxy::serve(router, state.clone(), listener, shutdown));
     TestApp {
         addr,
         client: client(),

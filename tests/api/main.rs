@@ -16,5 +16,5 @@ mod pool;
 mod ratelimit;
 mod ratelimit_redis;
 mod resilience;
+mod serving;
 mod upstream_errors;
-mod workers;

@@ -1,8 +1,8 @@
 //! The fake Orga Cloud speaks Orga's wire format, including its error shapes.
 
 use crate::helpers::*;
-use orga_proxy::config::Secret;
 use orga_proxy::orga::mock::MockOptions;
+use orga_proxy::secret::Secret;
 use serde_json::Value;
 
 async fn mint(base: &str, key: &str, email: Option<&str>) -> reqwest::Response {

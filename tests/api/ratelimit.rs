@@ -1,23 +1,18 @@
 //! Per-client rate limiting: router-level tests (`oneshot` with the peer address put in
 //! the request as the server would, and a fake clock), plus the real server.
 
+use crate::helpers::api_keys;
 use crate::helpers::{self, error_code, spawn_app_with};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
-use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::get;
-use governor::clock::FakeRelativeClock;
-use orga_proxy::auth::AuthMode;
-use orga_proxy::auth::Subject;
-use orga_proxy::config::{Config, Secret};
+use orga_proxy::clock::Clock;
+use orga_proxy::config::{AuthMode, Config, RateLimitConfig, RedisFailure};
 use orga_proxy::orga::mock::MockOptions;
-use orga_proxy::ratelimit::{self, LimiterClock, RateLimit, RateLimitConfig, RedisFailure};
-use orga_proxy::state::Readiness;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tower::ServiceExt;
 
 const PATH: &str = "/api/orga/credentials";
@@ -25,7 +20,7 @@ const PATH: &str = "/api/orga/credentials";
 /// The app on a fake clock, against the embedded fake Orga Cloud.
 struct Limited {
     router: Router,
-    clock: FakeRelativeClock,
+    clock: Clock,
 }
 
 impl Limited {
@@ -36,18 +31,18 @@ impl Limited {
         config.rate_limit.requests_per_minute = 30;
         config.rate_limit.burst = 3;
         customize(&mut config);
-        let (clock, fake) = LimiterClock::manual();
-        let (router, _state) = orga_proxy::app_with_clock(Arc::new(config), clock).unwrap();
-        Self {
-            router,
-            clock: fake,
-        }
+        let clock = Clock::manual(SystemTime::now());
+        let (router, _state) = orga_proxy::app_with_clock(Arc::new(config), clock.clone()).unwrap();
+        Self { router, clock }
     }
 
     /// `GET` the credentials route from TCP peer `peer` with extra `headers`.
     async fn send(&self, peer: &str, headers: &[(&str, &str)]) -> Response<Body> {
         let peer: IpAddr = peer.parse().unwrap();
-        let mut request = Request::get(PATH).body(Body::empty()).unwrap();
+        let mut request = Request::get(PATH)
+            .header("host", "proxy.test")
+            .body(Body::empty())
+            .unwrap();
         for (name, value) in headers {
             request.headers_mut().append(
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),
@@ -83,7 +78,7 @@ fn header<'a>(response: &'a Response<Body>, name: &str) -> &'a str {
 }
 
 fn behind_proxy(config: &mut Config) {
-    config.rate_limit.trusted_proxies = vec!["10.0.0.0/8".into()];
+    config.rate_limit.trusted_proxies = vec!["10.0.0.0/8".to_owned()].try_into().unwrap();
 }
 
 #[tokio::test]
@@ -259,7 +254,10 @@ async fn garbage_forwarded_headers_are_harmless() {
         assert_eq!(response.status(), expected, "{value:?}");
     }
     // Non-UTF-8 bytes too.
-    let mut request = Request::get(PATH).body(Body::empty()).unwrap();
+    let mut request = Request::get(PATH)
+        .header("host", "proxy.test")
+        .body(Body::empty())
+        .unwrap();
     request.headers_mut().insert(
         "x-forwarded-for",
         HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.9").unwrap(),
@@ -312,7 +310,10 @@ async fn health_probes_and_unknown_routes_are_not_rate_limited() {
     let app = Limited::new(|c| c.rate_limit.burst = 1).await;
     assert_eq!(app.drain("203.0.113.9", &[]).await, 1);
     for path in ["/healthz", "/readyz", "/nope"] {
-        let mut request = Request::get(path).body(Body::empty()).unwrap();
+        let mut request = Request::get(path)
+            .header("host", "proxy.test")
+            .body(Body::empty())
+            .unwrap();
         request
             .extensions_mut()
             .insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 9], 1))));
@@ -350,123 +351,88 @@ async fn the_real_server_limits_its_peer_and_answers_the_contract_429() {
     assert_eq!(error_code(refused).await, "rate_limited");
 }
 
-/// A router with only the per-subject limit, after a stand-in for auth that takes the
-/// subject from `x-test-subject`.
-fn subject_router(limit: RateLimit) -> Router {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { "ok" })
-                .route_layer(from_fn_with_state(limit, ratelimit::limit_subjects)),
-        )
-        .layer(from_fn(
-            |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
-                if let Some(subject) = request.headers().get("x-test-subject") {
-                    let subject = Subject(subject.to_str().unwrap().to_owned());
-                    request.extensions_mut().insert(subject);
-                }
-                next.run(request).await
-            },
-        ))
-}
-
-async fn as_subject(router: &Router, subject: Option<&str>) -> Response<Body> {
-    let mut request = Request::get("/").body(Body::empty()).unwrap();
-    if let Some(subject) = subject {
-        request
-            .headers_mut()
-            .insert("x-test-subject", HeaderValue::from_str(subject).unwrap());
-    }
-    router.clone().oneshot(request).await.unwrap()
-}
-
-fn per_subject(enabled: bool) -> RateLimitConfig {
-    let mut config = RateLimitConfig::default();
-    config.per_subject.enabled = enabled;
-    config.per_subject.requests_per_minute = 6;
-    config.per_subject.burst = 2;
-    config
-}
-
 #[tokio::test]
 async fn the_per_subject_limit_gives_each_subject_its_own_budget() {
-    let (clock, fake) = LimiterClock::manual();
-    let limit = RateLimit::with_clock(&per_subject(true), &Readiness::default(), clock).unwrap();
-    let router = subject_router(limit);
+    let app = Limited::new(|config| {
+        with_api_keys(config);
+        config.rate_limit.burst = 100;
+        config.rate_limit.per_subject.enabled = true;
+        config.rate_limit.per_subject.requests_per_minute = 6;
+        config.rate_limit.per_subject.burst = 2;
+    })
+    .await;
+    let web = [("x-api-key", WEB_KEY)];
     for remaining in ["1", "0"] {
-        let response = as_subject(&router, Some("user-a")).await;
+        let response = app.send("203.0.113.9", &web).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(header(&response, "ratelimit-remaining"), remaining);
     }
-    let refused = as_subject(&router, Some("user-a")).await;
+    let refused = app.send("203.0.113.9", &web).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&refused, "retry-after"), "10");
+    let ios = app.send("203.0.113.9", &[("x-api-key", IOS_KEY)]).await;
     assert_eq!(
-        as_subject(&router, Some("user-b")).await.status(),
-        StatusCode::OK
+        ios.status(),
+        StatusCode::OK,
+        "another subject, its own budget"
     );
-    // Without a subject (auth mode none) the limit does not apply.
+    app.clock.advance(Duration::from_secs(10));
+    assert_eq!(app.send("203.0.113.9", &web).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_a_subject_the_per_subject_limit_does_not_apply() {
+    let app = Limited::new(|config| {
+        config.rate_limit.burst = 100;
+        config.rate_limit.per_subject.enabled = true;
+        config.rate_limit.per_subject.burst = 2;
+    })
+    .await;
     for _ in 0..5 {
-        let anonymous = as_subject(&router, None).await;
+        let anonymous = app.send("203.0.113.9", &[]).await;
         assert_eq!(anonymous.status(), StatusCode::OK);
-        assert!(anonymous.headers().get("ratelimit-limit").is_none());
+        assert_eq!(
+            header(&anonymous, "ratelimit-limit"),
+            "100",
+            "the client's budget only"
+        );
     }
-    fake.advance(Duration::from_secs(10));
-    assert_eq!(
-        as_subject(&router, Some("user-a")).await.status(),
-        StatusCode::OK
-    );
 }
 
 #[tokio::test]
 async fn the_per_subject_limit_is_off_by_default() {
     assert!(!RateLimitConfig::default().per_subject.enabled);
-    let limit = RateLimit::with_clock(
-        &per_subject(false),
-        &Readiness::default(),
-        LimiterClock::manual().0,
-    )
-    .unwrap();
-    let router = subject_router(limit);
-    for _ in 0..5 {
+    let app = Limited::new(with_api_keys).await;
+    for peer in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+    ] {
+        let response = app.send(peer, &[("x-api-key", WEB_KEY)]).await;
         assert_eq!(
-            as_subject(&router, Some("user-a")).await.status(),
-            StatusCode::OK
+            response.status(),
+            StatusCode::OK,
+            "one key from many addresses"
         );
     }
 }
 
 #[tokio::test]
 async fn the_headers_describe_the_budget_closest_to_running_out() {
-    // Per client: burst 3; per subject: burst 2. Both layers on one route.
-    let mut config = per_subject(true);
-    config.burst = 3;
-    let limit =
-        RateLimit::with_clock(&config, &Readiness::default(), LimiterClock::manual().0).unwrap();
-    let router = Router::new().route(
-        "/",
-        get(|| async { "ok" })
-            .route_layer(from_fn_with_state(limit.clone(), ratelimit::limit_subjects))
-            .route_layer(from_fn(
-                |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
-                    request.extensions_mut().insert(Subject("user-a".into()));
-                    next.run(request).await
-                },
-            ))
-            .route_layer(from_fn_with_state(limit, ratelimit::limit_clients)),
-    );
-    let send = || {
-        let mut request = Request::get("/").body(Body::empty()).unwrap();
-        request
-            .extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 9], 1))));
-        router.clone().oneshot(request)
-    };
-    let first = send().await.unwrap();
+    // Per client: burst 3; per subject: burst 2. Both on the one route.
+    let app = Limited::new(|config| {
+        with_api_keys(config);
+        config.rate_limit.per_subject.enabled = true;
+        config.rate_limit.per_subject.burst = 2;
+    })
+    .await;
+    let web = [("x-api-key", WEB_KEY)];
+    let first = app.send("203.0.113.9", &web).await;
     assert_eq!(header(&first, "ratelimit-limit"), "2");
     assert_eq!(header(&first, "ratelimit-remaining"), "1");
-    send().await.unwrap();
-    let refused = send().await.unwrap();
+    app.send("203.0.113.9", &web).await;
+    let refused = app.send("203.0.113.9", &web).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&refused, "ratelimit-limit"), "2");
 }
@@ -483,7 +449,10 @@ fn redis_failure_defaults_to_the_local_fallback() {
 async fn without_a_peer_address_every_client_shares_one_budget_rather_than_none() {
     let app = Limited::new(|_| {}).await;
     let send = || {
-        let request = Request::get(PATH).body(Body::empty()).unwrap();
+        let request = Request::get(PATH)
+            .header("host", "proxy.test")
+            .body(Body::empty())
+            .unwrap();
         app.router.clone().oneshot(request)
     };
     for _ in 0..3 {
@@ -500,10 +469,7 @@ const IOS_KEY: &str = "ios-key-0123456789abcdef";
 
 fn with_api_keys(config: &mut Config) {
     config.auth.mode = AuthMode::ApiKey;
-    config.auth.api_keys = vec![
-        Secret::new(format!("web:{WEB_KEY}")),
-        Secret::new(format!("ios:{IOS_KEY}")),
-    ];
+    config.auth.api_keys = api_keys(&[&format!("web:{WEB_KEY}"), &format!("ios:{IOS_KEY}")]);
 }
 
 #[tokio::test]

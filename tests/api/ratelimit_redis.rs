@@ -3,12 +3,8 @@
 //! loud SKIPPED line, except in CI (`CI=true`), where they fail.
 
 use crate::helpers::find_tool;
-use crate::helpers::{
-    TestApp, error_code, spawn_app_on_workers, spawn_app_with, spawn_mock_upstream,
-};
-use orga_proxy::config::{Config, Secret};
-use orga_proxy::orga::mock::MockOptions;
-use orga_proxy::ratelimit::{Backend, RedisFailure};
+use crate::helpers::{TestApp, error_code, spawn_app_with};
+use orga_proxy::config::{Backend, Config, RedisFailure};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -90,10 +86,10 @@ fn free_port() -> u16 {
 fn redis_backend(url: &str, failure: RedisFailure) -> impl FnOnce(&mut Config) {
     let url = url.to_owned();
     move |config| {
+        config.redis.url = Some(url.parse().expect("a redis:// URL"));
         let limit = &mut config.rate_limit;
         limit.enabled = true;
         limit.backend = Backend::Redis;
-        limit.redis_url = Secret::new(url);
         limit.redis_failure = failure;
         // One request back a minute: nothing refills while a test runs.
         limit.requests_per_minute = 1;
@@ -131,11 +127,7 @@ async fn two_proxy_instances_share_one_budget() {
         return;
     };
     let a = spawn_app_with(redis_backend(&redis.url(), RedisFailure::Closed)).await;
-    // The second one serves on worker threads, as the binary does: the Redis connection
-    // made on the main runtime answers requests running on the workers' runtimes.
-    let upstream = spawn_mock_upstream(MockOptions::default()).await;
-    let b =
-        spawn_app_on_workers(&upstream, redis_backend(&redis.url(), RedisFailure::Closed)).await;
+    let b = spawn_app_with(redis_backend(&redis.url(), RedisFailure::Closed)).await;
     wait_for_readiness(&a, 200).await;
     wait_for_readiness(&b, 200).await;
     for (app, left) in [(&a, "3"), (&b, "2"), (&a, "1"), (&b, "0")] {

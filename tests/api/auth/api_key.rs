@@ -1,9 +1,8 @@
 //! api_key mode, and what stays open whatever the mode.
 
 use super::assert_unauthorized;
-use crate::helpers::{TestApp, spawn_app_with};
-use orga_proxy::auth::AuthMode;
-use orga_proxy::config::Secret;
+use crate::helpers::{TestApp, api_keys, origins, spawn_app_with};
+use orga_proxy::config::AuthMode;
 
 const WEB_KEY: &str = "web-key-0123456789abcdef";
 const IOS_KEY: &str = "ios-key-0123456789abcdef";
@@ -11,7 +10,7 @@ const IOS_KEY: &str = "ios-key-0123456789abcdef";
 async fn app_with_keys() -> TestApp {
     spawn_app_with(|config| {
         config.auth.mode = AuthMode::ApiKey;
-        config.auth.api_keys = vec![Secret::new(WEB_KEY), Secret::new(format!("ios:{IOS_KEY}"))];
+        config.auth.api_keys = api_keys(&[WEB_KEY, &format!("ios:{IOS_KEY}")]);
     })
     .await
 }
@@ -84,8 +83,8 @@ async fn an_api_key_in_the_query_string_is_refused() {
 async fn health_readiness_and_preflights_stay_open_when_auth_is_on() {
     let app = spawn_app_with(|config| {
         config.auth.mode = AuthMode::ApiKey;
-        config.auth.api_keys = vec![Secret::new(WEB_KEY)];
-        config.cors.allowed_origins = vec!["https://app.example.com".into()];
+        config.auth.api_keys = api_keys(&[WEB_KEY]);
+        config.cors.allowed_origins = origins(&["https://app.example.com"]);
     })
     .await;
     for path in ["/healthz", "/readyz"] {

@@ -5,34 +5,20 @@ use super::{
     JwksServer, TestKey, assert_unauthorized, claims, ec_key, ed_key, get_with_bearer, rsa_key,
     wait_until_ready,
 };
-use crate::helpers::{
-    TestApp, error_code, spawn_app_on_workers, spawn_app_with, spawn_mock_upstream,
-};
+use crate::helpers::{TestApp, error_code, spawn_app_with};
 use axum::http::HeaderMap;
-use orga_proxy::auth::{AuthConfig, AuthError, AuthMode, Authenticator, ManualClock};
-use orga_proxy::orga::mock::MockOptions;
-use orga_proxy::state::Readiness;
+use orga_proxy::auth::{AuthError, Authenticator};
+use orga_proxy::clock::Clock;
+use orga_proxy::config::{AuthConfig, AuthMode};
+use orga_proxy::readiness::Readiness;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 async fn app_for(idp: &JwksServer) -> TestApp {
-    let url = idp.url.clone();
+    let url = idp.url.parse().expect("a loopback JWKS URL");
     spawn_app_with(move |config| {
         config.auth.mode = AuthMode::Jwt;
-        config.auth.jwt.jwks_url = url;
-    })
-    .await
-}
-
-/// As [`app_for`], served on worker threads like the binary: the key cache and its
-/// single-flight refresh are shared by requests on different threads.
-async fn app_on_workers_for(idp: &JwksServer) -> TestApp {
-    let url = idp.url.clone();
-    let upstream = spawn_mock_upstream(MockOptions::default()).await;
-    spawn_app_on_workers(&upstream, move |config| {
-        config.server.workers = 2;
-        config.auth.mode = AuthMode::Jwt;
-        config.auth.jwt.jwks_url = url;
+        config.auth.jwt.jwks_url = Some(url);
     })
     .await
 }
@@ -85,11 +71,13 @@ async fn a_new_kid_after_key_rotation_is_accepted_without_restart() {
     );
 }
 
-#[tokio::test]
+// On worker threads, as the binary serves: the key cache and its single-flight refresh
+// are shared by requests running on different threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_unknown_kids_cause_at_most_one_jwks_fetch() {
     let key = ec_key();
     let idp = JwksServer::start(vec![key.jwk_with_kid("real")]).await;
-    let app = Arc::new(app_on_workers_for(&idp).await);
+    let app = Arc::new(app_for(&idp).await);
     wait_until_ready(&app).await;
     let before = idp.hits();
 
@@ -117,10 +105,10 @@ async fn jwks_down_at_start_keeps_readiness_503_and_refuses_every_token() {
     let key = ec_key();
     let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
     idp.set_failing(true);
-    let url = idp.url.clone();
+    let url = idp.url.parse().unwrap();
     let app = spawn_app_with(move |config| {
         config.auth.mode = AuthMode::Jwt;
-        config.auth.jwt.jwks_url = url;
+        config.auth.jwt.jwks_url = Some(url);
         // Retries while nothing is loaded back off up to this period.
         config.auth.jwt.jwks_min_refresh = Duration::from_secs(1);
     })
@@ -180,10 +168,12 @@ async fn after_the_cooldown_an_unknown_kid_may_fetch_again() {
         mode: AuthMode::Jwt,
         ..AuthConfig::default()
     };
-    config.jwt.jwks_url = idp.url.clone();
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    config.jwt.jwks_url = Some(idp.url.parse().unwrap());
+    let clock = Clock::manual(SystemTime::now());
     let readiness = Readiness::default();
-    let auth = Authenticator::new(&config, &readiness, clock.clone(), Default::default()).unwrap();
+    let http = orga_proxy::outbound::client().unwrap();
+    let auth =
+        Authenticator::new(&config, &readiness, clock.clone(), Default::default(), http).unwrap();
     let check = |kid: &str| {
         let mut headers = HeaderMap::new();
         let token = key.sign(kid, &claims("u"));

@@ -1,18 +1,18 @@
-//! Serving on worker threads (`server.workers`), as the binary does: every thread
-//! answers, the limits stay shared across threads, and a drain waits for all of them.
+//! Serving many connections at once: each gets its own credential, the concurrency
+//! limit is one budget, and a drain waits for the request in flight.
 
 use crate::gated_upstream::{GatedUpstream, hold_a_request};
-use crate::helpers::{client, error_code, spawn_app_on_workers, spawn_mock_upstream};
+use crate::helpers::{client, error_code, spawn_app_against, spawn_mock_upstream};
 use orga_proxy::orga::mock::MockOptions;
 use std::collections::HashSet;
 use std::time::Duration;
 
 #[tokio::test]
-async fn concurrent_connections_across_workers_each_get_a_fresh_credential() {
+async fn concurrent_connections_each_get_a_fresh_credential() {
     let upstream = spawn_mock_upstream(MockOptions::default()).await;
-    let app = spawn_app_on_workers(&upstream, |c| c.server.workers = 3).await;
+    let app = spawn_app_against(&upstream, |_| {}).await;
     let url = app.url(&app.credentials_path);
-    // A client each, so every request is a connection of its own, spread over the threads.
+    // A client each, so every request is a connection of its own.
     let requests = (0..30).map(|_| {
         let url = url.clone();
         tokio::spawn(async move { client().get(url).send().await.unwrap() })
@@ -29,26 +29,17 @@ async fn concurrent_connections_across_workers_each_get_a_fresh_credential() {
 }
 
 #[tokio::test]
-async fn the_concurrency_limit_is_one_budget_for_all_workers() {
+async fn the_concurrency_limit_sheds_the_request_past_it() {
     let upstream = GatedUpstream::start().await;
-    let app = spawn_app_on_workers(&upstream.url, |c| {
-        c.server.workers = 2;
-        c.server.concurrency_limit = 1;
-    })
-    .await;
+    let app = spawn_app_against(&upstream.url, |c| c.server.concurrency_limit = 1).await;
     let held = hold_a_request(&app, &upstream).await;
 
-    // A new connection goes to the thread with fewer open connections: the other one.
     let shed = client()
         .get(app.url(&app.credentials_path))
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        shed.status(),
-        503,
-        "the slot taken on one thread counts on the other"
-    );
+    assert_eq!(shed.status(), 503, "the one slot is taken");
     assert_eq!(error_code(shed).await, "unavailable");
 
     upstream.release(1);
@@ -56,9 +47,9 @@ async fn the_concurrency_limit_is_one_budget_for_all_workers() {
 }
 
 #[tokio::test]
-async fn a_drain_on_workers_finishes_the_request_in_flight_then_returns() {
+async fn a_drain_finishes_the_request_in_flight_then_returns() {
     let upstream = GatedUpstream::start().await;
-    let mut app = spawn_app_on_workers(&upstream.url, |c| c.server.workers = 2).await;
+    let mut app = spawn_app_against(&upstream.url, |_| {}).await;
     let in_flight = hold_a_request(&app, &upstream).await;
 
     app.begin_shutdown();
@@ -77,6 +68,6 @@ async fn a_drain_on_workers_finishes_the_request_in_flight_then_returns() {
     assert_eq!(response.status(), 200);
     let served = tokio::time::timeout(Duration::from_secs(5), &mut app.handle)
         .await
-        .expect("the server returns once every thread has drained");
+        .expect("the server returns once drained");
     served.unwrap().unwrap();
 }

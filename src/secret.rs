@@ -51,7 +51,33 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        super::parse::lenient_string(deserializer).map(Secret)
+        LenientString::deserialize(deserializer).map(|text| Secret(text.0))
+    }
+}
+
+/// A string as written in TOML or an environment variable, where a value such as
+/// `ORGA_API_KEY=12345` may have been read as a number or a boolean: it reads back as
+/// its text. Here rather than in `config` so that this module depends on nothing.
+pub(crate) struct LenientString(pub String);
+
+impl<'de> Deserialize<'de> for LenientString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged, expecting = "a string")]
+        enum Written {
+            Text(String),
+            Unsigned(u64),
+            Signed(i64),
+            Float(f64),
+            Flag(bool),
+        }
+        Ok(Self(match Written::deserialize(deserializer)? {
+            Written::Text(text) => text,
+            Written::Unsigned(n) => n.to_string(),
+            Written::Signed(n) => n.to_string(),
+            Written::Float(n) => n.to_string(),
+            Written::Flag(b) => b.to_string(),
+        }))
     }
 }
 

@@ -1,0 +1,138 @@
+//! The gate in front of the service's billable routes (credentials, and the relay),
+//! one small stage each, composed in [`super::router`]: who the client is and its rate
+//! limit, then who the caller is, then the caller's own limit. Load shedding comes after
+//! them (tower's `LoadShed` over a shared concurrency limit), so refused callers never
+//! hold a slot. A stage that admits with a budget puts its `RateLimit-*` headers on the
+//! answer, refusals from later stages included.
+
+use crate::auth::{AuthError, Subject};
+use crate::error::ApiError;
+use crate::metrics::REQUESTS_SHED;
+use crate::state::AppState;
+use axum::BoxError;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// What a shed request is told to wait before trying again.
+const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Stage 1: who the client is (its IP through trusted proxies, keyed per IPv6
+/// prefix) goes into the request for later stages, and one request of its budget is
+/// spent.
+pub async fn limit_client(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let client = state
+        .rate_limit
+        .client(peer_of(&request), request.headers());
+    request.extensions_mut().insert(client);
+    let key = client.key;
+    let decision = match state.rate_limit.check_client(&key).await {
+        Ok(decision) => decision,
+        Err(refused) => {
+            if matches!(refused, ApiError::RateLimited { .. }) {
+                tracing::info!(client = %key, "client over its rate limit");
+            }
+            return refused.into_response();
+        }
+    };
+    let mut response = next.run(request).await;
+    if let Some(decision) = decision {
+        decision.apply(response.headers_mut());
+    }
+    response
+}
+
+/// Stage 2: the caller's credentials (`auth.mode`). The subject goes into the request
+/// for later stages and onto the request's log line.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let subject = state
+        .authenticator
+        .authenticate(request.headers(), request.uri().query())
+        .await;
+    match subject {
+        Ok(Some(subject)) => {
+            crate::telemetry::note_subject(subject.as_str());
+            request.extensions_mut().insert(subject);
+            next.run(request).await
+        }
+        Ok(None) => next.run(request).await,
+        Err(error) => {
+            match &error {
+                AuthError::Invalid(reason) => tracing::info!(%reason, "caller refused"),
+                AuthError::KeysUnavailable => tracing::warn!("caller refused: JWKS not loaded"),
+            }
+            ApiError::from(error).into_response()
+        }
+    }
+}
+
+/// Stage 3: one request of the authenticated subject's own budget, when
+/// `rate_limit.per_subject` is on. Requests without a subject (auth mode `none`) pass.
+pub async fn limit_subject(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(subject) = request.extensions().get::<Subject>().cloned() else {
+        return next.run(request).await;
+    };
+    let decision = match state.rate_limit.check_subject(subject.as_str()).await {
+        Ok(decision) => decision,
+        Err(refused) => {
+            if matches!(refused, ApiError::RateLimited { .. }) {
+                tracing::info!("subject over its rate limit");
+            }
+            return refused.into_response();
+        }
+    };
+    let mut response = next.run(request).await;
+    if let Some(decision) = decision {
+        decision.apply(response.headers_mut());
+    }
+    response
+}
+
+/// The last stage's refusal: `server.concurrency_limit` requests are already being
+/// handled, so this one is answered 503 at once instead of queueing.
+pub async fn overloaded(error: BoxError) -> ApiError {
+    if !error.is::<tower::load_shed::error::Overloaded>() {
+        tracing::error!(%error, "the concurrency limit failed");
+    }
+    metrics::counter!(REQUESTS_SHED).increment(1);
+    tracing::debug!("concurrency limit reached: request shed");
+    ApiError::Unavailable {
+        reason: "The proxy is handling as many requests as it allows; try again shortly.".into(),
+        retry_after: SHED_RETRY_AFTER,
+    }
+}
+
+/// The TCP peer of `request`, as the server recorded it.
+fn peer_of(request: &Request) -> IpAddr {
+    match request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(addr)) => addr.ip(),
+        None => {
+            warn_no_peer_once();
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        }
+    }
+}
+
+fn warn_no_peer_once() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::error!(
+            "no peer address on the request (serve the router with crate::http::server); every client shares one rate-limit budget"
+        );
+    }
+}
