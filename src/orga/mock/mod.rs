@@ -5,6 +5,8 @@
 //! per-process random key), so the fake accepts on ice-config exactly the tokens it
 //! minted and unexpired, without keeping state that grows under a benchmark.
 
+pub mod sdp;
+
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
