@@ -54,7 +54,7 @@ async fn it_mints_tokens_that_only_it_accepts() {
 }
 
 #[tokio::test]
-async fn it_refuses_keys_of_the_wrong_form_and_a_missing_email() {
+async fn it_refuses_keys_of_the_wrong_form() {
     let base = spawn_mock_upstream(MockOptions::default()).await;
     assert_eq!(
         mint(&base, "not_an_orga_key", Some("a%40example.com"))
@@ -62,10 +62,33 @@ async fn it_refuses_keys_of_the_wrong_form_and_a_missing_email() {
             .status(),
         401
     );
-    let missing = mint(&base, "sk_orga_ai_x", None).await;
-    assert_eq!(missing.status(), 422);
-    let body: Value = missing.json().await.unwrap();
-    assert_eq!(body["detail"][0]["loc"][1], "email");
+}
+
+#[tokio::test]
+async fn it_mints_a_token_with_or_without_an_email_as_orga_does_today() {
+    let base = spawn_mock_upstream(MockOptions::default()).await;
+    for email in [None, Some("dev%2Bteam%40example.com")] {
+        let answer = mint(&base, "sk_orga_ai_x", email).await;
+        assert_eq!(answer.status(), 200, "email {email:?}");
+        let body: Value = answer.json().await.unwrap();
+        let token = body["ephemeral_token"].as_str().unwrap();
+        assert_eq!(ice(&base, token).await.status(), 200, "email {email:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_email_that_is_sent_must_be_an_email() {
+    let base = spawn_mock_upstream(MockOptions::default()).await;
+    for email in ["not-an-email", ""] {
+        let refused = mint(&base, "sk_orga_ai_x", Some(email)).await;
+        assert_eq!(refused.status(), 422, "email {email:?}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(
+            body["detail"][0]["loc"],
+            serde_json::json!(["query", "email"])
+        );
+        assert_eq!(body["detail"][0]["type"], "value_error");
+    }
 }
 
 #[tokio::test]
