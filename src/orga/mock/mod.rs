@@ -1,10 +1,13 @@
-//! The fake Orga Cloud behind `orga-proxy mock-upstream` and `orga-proxy dev`: the two
-//! realtime endpoints with Orga's wire format and documented error shapes.
+//! The fake Orga Cloud behind `orga-proxy mock-upstream` and `orga-proxy dev`: the three
+//! realtime endpoints (client-secrets, ice-config, calls) with Orga's wire format and
+//! documented error shapes.
 //!
 //! Tokens are self-verifying (`ek_<id>_<expiry>_<tag>`, the tag a keyed hash under a
-//! per-process random key), so the fake accepts on ice-config exactly the
+//! per-process random key), so the fake accepts on ice-config and calls exactly the
 //! tokens it minted and unexpired, without keeping state that grows under a benchmark.
 
+mod body;
+mod calls;
 pub mod sdp;
 
 use axum::extract::{Query, State};
@@ -94,6 +97,10 @@ pub fn router_with_clock(options: MockOptions, wall: WallClock) -> Router {
     Router::new()
         .route("/v1/realtime/client-secrets", post(client_secrets))
         .route("/v1/realtime/ice-config", get(ice_config))
+        .route(
+            "/v1/realtime/calls",
+            post(calls::start).options(calls::preflight),
+        )
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))) })
         .method_not_allowed_fallback(|| async {
             (
