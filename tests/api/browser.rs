@@ -1,6 +1,7 @@
 //! The proxy as browsers see it: headless Chromium (Debian's, through chromedriver)
 //! loads `examples/browser/index.html` from one origin and fetches credentials from the
-//! proxy on another, then builds an `RTCPeerConnection` from them.
+//! proxy on another, then builds an `RTCPeerConnection` from them and, given a call base
+//! URL, runs the SDK's call start against the fake Orga Cloud on a third.
 //!
 //! Needs `chromium` and `chromium-driver`. CI installs them; elsewhere, without them, each
 //! test prints a loud SKIPPED line (and fails when CI=true).
@@ -9,6 +10,7 @@ use crate::helpers::*;
 use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
+use orga_proxy::orga::mock::MockOptions;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -124,20 +126,30 @@ fn encode(value: &str) -> String {
         .collect()
 }
 
+/// What the example page is asked to do.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Example<'a> {
+    /// The credentials URL.
+    pub endpoint: &'a str,
+    /// A Bearer token for the proxy.
+    pub token: Option<&'a str>,
+    /// Send cookies (`credentials: 'include'`).
+    pub cookies: bool,
+    /// The SDK's `baseUrl`: where the page starts the call; `None` stops after the offer.
+    pub base_url: Option<&'a str>,
+}
+
 /// Opens `page_url` with the example's query parameters and waits for its result object.
-pub async fn run_example(
-    browser: &Browser,
-    page_url: &str,
-    endpoint: &str,
-    token: Option<&str>,
-    cookies: bool,
-) -> Value {
-    let mut url = format!("{page_url}/?auto=1&endpoint={}", encode(endpoint));
-    if let Some(token) = token {
+pub async fn run_example(browser: &Browser, page_url: &str, example: Example<'_>) -> Value {
+    let mut url = format!("{page_url}/?auto=1&endpoint={}", encode(example.endpoint));
+    if let Some(token) = example.token {
         url.push_str(&format!("&token={}", encode(token)));
     }
-    if cookies {
+    if example.cookies {
         url.push_str("&cookies=1");
+    }
+    if let Some(base_url) = example.base_url {
+        url.push_str(&format!("&baseUrl={}", encode(base_url)));
     }
     browser.client.goto(&url).await.expect("page loads");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -166,9 +178,10 @@ async fn an_allowed_origin_gets_credentials_that_rtc_peer_connection_accepts() {
     let result = run_example(
         &browser,
         &format!("http://{page}"),
-        &app.url(&app.credentials_path),
-        None,
-        false,
+        Example {
+            endpoint: &app.url(&app.credentials_path),
+            ..Example::default()
+        },
     )
     .await;
     assert_eq!(result["ok"], true, "{result}");
@@ -192,9 +205,10 @@ async fn a_page_on_an_origin_that_is_not_allowed_cannot_read_the_response() {
     let result = run_example(
         &browser,
         &format!("http://{page}"),
-        &app.url(&app.credentials_path),
-        None,
-        false,
+        Example {
+            endpoint: &app.url(&app.credentials_path),
+            ..Example::default()
+        },
     )
     .await;
     assert_eq!(result["ok"], false, "{result}");
@@ -236,15 +250,41 @@ async fn with_api_key_auth_the_preflighted_authorization_header_is_accepted_and_
     let page = serve_page(Router::new()).await;
     let app = app_requiring(page, "api_key").await;
     let (page_url, endpoint) = (format!("http://{page}"), app.url(&app.credentials_path));
-    let with = run_example(&browser, &page_url, &endpoint, Some(BROWSER_API_KEY), false).await;
+    let with = run_example(
+        &browser,
+        &page_url,
+        Example {
+            endpoint: &endpoint,
+            token: Some(BROWSER_API_KEY),
+            ..Example::default()
+        },
+    )
+    .await;
     assert_eq!(with["ok"], true, "{with}");
-    let without = run_example(&browser, &page_url, &endpoint, None, false).await;
+    let without = run_example(
+        &browser,
+        &page_url,
+        Example {
+            endpoint: &endpoint,
+            ..Example::default()
+        },
+    )
+    .await;
     assert_eq!(
         without["status"], 401,
         "the 401 is readable cross-origin: {without}"
     );
     assert_eq!(without["code"], "unauthorized", "{without}");
-    let wrong = run_example(&browser, &page_url, &endpoint, Some("not-the-key"), false).await;
+    let wrong = run_example(
+        &browser,
+        &page_url,
+        Example {
+            endpoint: &endpoint,
+            token: Some("not-the-key"),
+            ..Example::default()
+        },
+    )
+    .await;
     assert_eq!(wrong["status"], 401, "{wrong}");
 }
 
@@ -260,10 +300,27 @@ async fn with_jwt_auth_the_users_bearer_token_is_accepted_and_its_absence_refuse
         &crate::auth::claims("user-42"),
     );
     let (page_url, endpoint) = (format!("http://{page}"), app.url(&app.credentials_path));
-    let with = run_example(&browser, &page_url, &endpoint, Some(&token), false).await;
+    let with = run_example(
+        &browser,
+        &page_url,
+        Example {
+            endpoint: &endpoint,
+            token: Some(&token),
+            ..Example::default()
+        },
+    )
+    .await;
     assert_eq!(with["ok"], true, "{with}");
     assert_eq!(with["offerType"], "offer", "{with}");
-    let without = run_example(&browser, &page_url, &endpoint, None, false).await;
+    let without = run_example(
+        &browser,
+        &page_url,
+        Example {
+            endpoint: &endpoint,
+            ..Example::default()
+        },
+    )
+    .await;
     assert_eq!(without["status"], 401, "{without}");
 }
 
@@ -313,11 +370,109 @@ async fn a_same_site_page_with_a_jwt_cookie_succeeds_with_credentials_include() 
         .goto(&format!("{page_origin}/login"))
         .await
         .unwrap();
-    let with = run_example(&browser, &page_origin, &endpoint, None, true).await;
+    let with = run_example(
+        &browser,
+        &page_origin,
+        Example {
+            endpoint: &endpoint,
+            cookies: true,
+            ..Example::default()
+        },
+    )
+    .await;
     assert_eq!(with["ok"], true, "the cookie went along: {with}");
-    let without = run_example(&browser, &page_origin, &endpoint, None, false).await;
+    let without = run_example(
+        &browser,
+        &page_origin,
+        Example {
+            endpoint: &endpoint,
+            ..Example::default()
+        },
+    )
+    .await;
     assert_eq!(
         without["status"], 401,
         "without credentials: 'include' no cookie is sent: {without}"
+    );
+}
+
+/// The proxy against a fake it shares with the test, the page's origin allowed.
+async fn app_and_fake(page: SocketAddr) -> (TestApp, String) {
+    let fake = spawn_mock_upstream(MockOptions::default()).await;
+    let app = spawn_app_against(&fake, |c| {
+        c.cors.allowed_origins = origins(&[&format!("http://{page}")]);
+    })
+    .await;
+    (app, fake)
+}
+
+#[tokio::test]
+async fn the_example_page_starts_a_call_on_the_fake_and_chromium_accepts_its_answer() {
+    let Some(browser) = browser("the_example_page_starts_a_call").await else {
+        return;
+    };
+    let page = serve_page(Router::new()).await;
+    let (app, fake) = app_and_fake(page).await;
+    let endpoint = app.url(&app.credentials_path);
+    let result = run_example(
+        &browser,
+        &format!("http://{page}"),
+        Example {
+            endpoint: &endpoint,
+            base_url: Some(&fake),
+            ..Example::default()
+        },
+    )
+    .await;
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(
+        result["signalingState"], "stable",
+        "setRemoteDescription took the answer: {result}"
+    );
+    let conversation = result["conversationId"].as_str().unwrap_or_default();
+    assert!(conversation.starts_with("conv_"), "{result}");
+    let status = browser
+        .client
+        .find(fantoccini::Locator::Id("status"))
+        .await
+        .expect("a status line")
+        .text()
+        .await
+        .expect("its text");
+    assert!(
+        status.contains(conversation),
+        "the page shows the conversation: {status}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_refused_by_the_fake_is_readable_by_the_page() {
+    let Some(browser) = browser("a_call_refused_by_the_fake").await else {
+        return;
+    };
+    let page = serve_page(Router::new()).await;
+    let (app, _) = app_and_fake(page).await;
+    // Another fake instance has another key: the proxy's tokens are not its own.
+    let stranger = spawn_mock_upstream(MockOptions::default()).await;
+    let endpoint = app.url(&app.credentials_path);
+    let result = run_example(
+        &browser,
+        &format!("http://{page}"),
+        Example {
+            endpoint: &endpoint,
+            base_url: Some(&stranger),
+            ..Example::default()
+        },
+    )
+    .await;
+    assert_eq!(result["ok"], false, "{result}");
+    assert_eq!(result["stage"], "call", "{result}");
+    assert_eq!(
+        result["status"], 401,
+        "the 401 is readable cross-origin: {result}"
+    );
+    assert_eq!(
+        result["body"]["error"]["message"], "Invalid ephemeral token",
+        "{result}"
     );
 }

@@ -1,9 +1,14 @@
-//! The fake Orga Cloud behind `orga-proxy mock-upstream` and `orga-proxy dev`: the two
-//! realtime endpoints with Orga's wire format and documented error shapes.
+//! The fake Orga Cloud behind `orga-proxy mock-upstream` and `orga-proxy dev`: the three
+//! realtime endpoints (client-secrets, ice-config, calls) with Orga's wire format and
+//! documented error shapes.
 //!
 //! Tokens are self-verifying (`ek_<id>_<expiry>_<tag>`, the tag a keyed hash under a
-//! per-process random key), so the fake accepts on ice-config exactly the tokens it
-//! minted and unexpired, without keeping state that grows under a benchmark.
+//! per-process random key), so the fake accepts on ice-config and calls exactly the
+//! tokens it minted and unexpired, without keeping state that grows under a benchmark.
+
+mod body;
+mod calls;
+pub mod sdp;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -30,22 +35,72 @@ pub struct MockOptions {
     pub latency: Duration,
 }
 
+/// The wall clock the fake dates and checks token expiry by; tests pass one they can
+/// move forward instead of waiting out a token's life.
+pub type WallClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
 struct MockState {
     options: MockOptions,
     /// Keys the token tag; random per process so tokens cannot be forged or replayed
     /// across restarts.
     tag_key: RandomState,
+    /// "Now", for minting and verifying tokens.
+    wall: WallClock,
 }
 
-/// The fake's router.
+impl MockState {
+    fn new(options: MockOptions, wall: WallClock) -> Self {
+        Self {
+            options,
+            tag_key: RandomState::new(),
+            wall,
+        }
+    }
+
+    fn now_unix(&self) -> u64 {
+        (self.wall)()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// A token that [`MockState::token_is_valid`] accepts until `expires_at`.
+    fn mint_token(&self, expires_at: u64) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let tag = self.tag_key.hash_one((&id, expires_at));
+        format!("ek_{id}_{expires_at}_{tag:016x}")
+    }
+
+    /// Whether this process minted `token` and it has not expired.
+    fn token_is_valid(&self, token: &str) -> bool {
+        let mut parts = token.strip_prefix("ek_").unwrap_or("").split('_');
+        let (Some(id), Some(expiry), Some(tag), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let (Ok(expires_at), Ok(tag)) = (expiry.parse::<u64>(), u64::from_str_radix(tag, 16))
+        else {
+            return false;
+        };
+        expires_at > self.now_unix() && self.tag_key.hash_one((id, expires_at)) == tag
+    }
+}
+
+/// The fake's router, on the system clock.
 pub fn router(options: MockOptions) -> Router {
-    let state = Arc::new(MockState {
-        options,
-        tag_key: RandomState::new(),
-    });
+    router_with_clock(options, Arc::new(SystemTime::now))
+}
+
+/// The fake's router, dating tokens by `wall`.
+pub fn router_with_clock(options: MockOptions, wall: WallClock) -> Router {
+    let state = Arc::new(MockState::new(options, wall));
     Router::new()
         .route("/v1/realtime/client-secrets", post(client_secrets))
         .route("/v1/realtime/ice-config", get(ice_config))
+        .route(
+            "/v1/realtime/calls",
+            post(calls::start).options(calls::preflight),
+        )
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))) })
         .method_not_allowed_fallback(|| async {
             (
@@ -62,10 +117,19 @@ fn openai_style_error(status: StatusCode, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// FastAPI's 422 body.
-fn validation_error(loc: &[&str], msg: &str, kind: &str) -> Response {
-    let body = json!({"detail": [{"type": kind, "loc": loc, "msg": msg, "input": null}]});
-    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+/// One entry of FastAPI's 422 `detail`. `input` stays null: the fake never echoes what
+/// it was sent (an SDP, a token) back into a body that may end up in a log.
+fn detail(loc: Value, kind: &str, msg: &str) -> Value {
+    json!({"type": kind, "loc": loc, "msg": msg, "input": null})
+}
+
+/// FastAPI's 422 body, listing every problem found.
+fn unprocessable(details: Vec<Value>) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({"detail": details})),
+    )
+        .into_response()
 }
 
 /// The configured latency. Zero skips the timer entirely: tokio rounds even a zero
@@ -87,12 +151,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
+/// `POST /v1/realtime/client-secrets`. The `email` query parameter is optional, as it is
+/// for Orga today (the current Node SDK sends none, 1.0.0-beta and the Python SDK do);
+/// when sent it must be an email.
 async fn client_secrets(
     State(state): State<Arc<MockState>>,
     Query(query): Query<HashMap<String, String>>,
@@ -107,26 +168,24 @@ async fn client_secrets(
     if !key_ok {
         return openai_style_error(StatusCode::UNAUTHORIZED, "Invalid API key provided");
     }
-    let Some(email) = query.get("email") else {
-        return validation_error(&["query", "email"], "Field required", "missing");
-    };
-    if email.parse::<crate::config::Email>().is_err() {
-        return validation_error(
-            &["query", "email"],
-            "value is not a valid email address",
+    let email_ok = query
+        .get("email")
+        .is_none_or(|email| email.parse::<crate::config::Email>().is_ok());
+    if !email_ok {
+        return unprocessable(vec![detail(
+            json!(["query", "email"]),
             "value_error",
-        );
+            "value is not a valid email address",
+        )]);
     }
-    let expires_at = now_unix() + TOKEN_TTL.as_secs();
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let tag = state.tag_key.hash_one((&id, expires_at));
-    let token = format!("ek_{id}_{expires_at}_{tag:016x}");
+    let expires_at = state.now_unix() + TOKEN_TTL.as_secs();
+    let token = state.mint_token(expires_at);
     Json(json!({"ephemeral_token": token, "expires_at": expires_at})).into_response()
 }
 
 async fn ice_config(State(state): State<Arc<MockState>>, headers: HeaderMap) -> Response {
     delay(&state).await;
-    if !bearer(&headers).is_some_and(|t| token_is_valid(&state, t)) {
+    if !bearer(&headers).is_some_and(|t| state.token_is_valid(t)) {
         return openai_style_error(StatusCode::UNAUTHORIZED, "Invalid ephemeral token");
     }
     let ice: Value = json!({"iceServers": [
@@ -137,49 +196,5 @@ async fn ice_config(State(state): State<Arc<MockState>>, headers: HeaderMap) -> 
     Json(ice).into_response()
 }
 
-fn token_is_valid(state: &MockState, token: &str) -> bool {
-    let mut parts = token.strip_prefix("ek_").unwrap_or("").split('_');
-    let (Some(id), Some(expiry), Some(tag), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let (Ok(expires_at), Ok(tag)) = (expiry.parse::<u64>(), u64::from_str_radix(tag, 16)) else {
-        return false;
-    };
-    expires_at > now_unix() && state.tag_key.hash_one((id, expires_at)) == tag
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_minted_unexpired_tokens_verify() {
-        let state = MockState {
-            options: MockOptions::default(),
-            tag_key: RandomState::new(),
-        };
-        let expires_at = now_unix() + 60;
-        let tag = state.tag_key.hash_one(("abc", expires_at));
-        assert!(token_is_valid(
-            &state,
-            &format!("ek_abc_{expires_at}_{tag:016x}")
-        ));
-        assert!(!token_is_valid(
-            &state,
-            &format!("ek_abd_{expires_at}_{tag:016x}")
-        ));
-        assert!(!token_is_valid(
-            &state,
-            &format!("ek_abc_{}_{tag:016x}", expires_at + 1)
-        ));
-        let past = now_unix() - 1;
-        let tag = state.tag_key.hash_one(("abc", past));
-        assert!(!token_is_valid(
-            &state,
-            &format!("ek_abc_{past}_{tag:016x}")
-        ));
-        assert!(!token_is_valid(&state, "garbage"));
-    }
-}
+mod tests;
