@@ -124,6 +124,8 @@ async fn upstream_requests_are_exactly_what_the_node_sdk_sends() {
     for request in &requests {
         let user_agent = request.headers["user-agent"].to_str().unwrap();
         assert!(user_agent.starts_with("orga-proxy/"), "{user_agent}");
+        // Uncompressed answers only: a compressed one could expand past the read cap.
+        assert_eq!(request.headers["accept-encoding"], "identity");
         for forwarded in ["cookie", "x-custom", "x-forwarded-for"] {
             assert!(
                 !request.headers.contains_key(forwarded),
@@ -137,6 +139,46 @@ async fn upstream_requests_are_exactly_what_the_node_sdk_sends() {
                 .contains("caller-token")
         );
     }
+}
+
+#[tokio::test]
+async fn without_a_user_email_client_secrets_carries_no_query_at_all() {
+    // What the current Node SDK sends: the API key as Bearer, no `email`, no query.
+    let upstream = scripted_upstream(token(), None).await;
+    let app = spawn_app_against(&upstream.uri(), |c| c.orga.user_email = None).await;
+    assert_eq!(app.get_credentials().await.status(), 200);
+    let requests = upstream.received_requests().await.unwrap();
+    let secrets = requests
+        .iter()
+        .find(|r| r.url.path() == SECRET_PATH)
+        .expect("client-secrets was called");
+    assert_eq!(secrets.url.query(), None, "{}", secrets.url);
+}
+
+#[tokio::test]
+async fn a_fresh_clone_with_only_orga_api_key_set_serves_credentials() {
+    // The new user's path: no email, no config file, only the key (and where Orga is).
+    let upstream = spawn_mock_upstream(MockOptions::default()).await;
+    let proxy = crate::cli::Proxy::start(
+        crate::cli::command(&["serve"])
+            .env("ORGA_API_KEY", "sk_orga_ai_only_the_key")
+            .env("ORGA_BASE_URL", &upstream)
+            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0"),
+    );
+    let response = client()
+        .get(format!("http://{}/api/orga/credentials", proxy.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["ephemeralToken"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("ek_"))
+    );
+    let (status, logs) = proxy.stop();
+    assert_eq!(status, Some(0), "{logs}");
 }
 
 /// A TCP relay to `upstream` that counts the connections made through it.

@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -48,6 +48,120 @@ async fn upstream_500_is_502_upstream_error_without_echoing_the_body() {
     assert!(!text.contains(UPSTREAM_DETAIL));
 }
 
+/// The proxy against an upstream whose client-secrets answers `answer` (ice-config
+/// succeeds), with the breaker opening after two failures.
+async fn app_with_client_secrets(answer: ResponseTemplate) -> (TestApp, MockServer) {
+    let upstream = scripted_upstream(answer, None).await;
+    let app = spawn_app_against(&upstream.uri(), |c| c.orga.circuit_breaker_threshold = 2).await;
+    (app, upstream)
+}
+
+/// The status, code and `Retry-After` of one credentials request.
+async fn limited(app: &TestApp) -> (u16, String, Option<u64>) {
+    let response = app.get_credentials().await;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (status, error_code(response).await, retry_after)
+}
+
+#[tokio::test]
+async fn orgas_429_is_503_upstream_rate_limited_with_orgas_retry_after() {
+    let (app, _upstream) =
+        app_with_client_secrets(ResponseTemplate::new(429).insert_header("retry-after", "7")).await;
+    assert_eq!(
+        limited(&app).await,
+        (503, "upstream_rate_limited".into(), Some(7))
+    );
+}
+
+#[tokio::test]
+async fn orgas_429_with_an_http_date_is_passed_on_in_seconds() {
+    let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
+    let (app, _upstream) = app_with_client_secrets(
+        ResponseTemplate::new(429).insert_header("retry-after", in_a_minute.as_str()),
+    )
+    .await;
+    let (status, code, retry_after) = limited(&app).await;
+    assert_eq!((status, code.as_str()), (503, "upstream_rate_limited"));
+    let retry_after = retry_after.expect("Retry-After");
+    assert!((55..=61).contains(&retry_after), "{retry_after}");
+}
+
+#[tokio::test]
+async fn orgas_429_without_retry_after_means_5_seconds_and_absurd_waits_are_clamped() {
+    let (app, _upstream) = app_with_client_secrets(ResponseTemplate::new(429)).await;
+    assert_eq!(
+        limited(&app).await,
+        (503, "upstream_rate_limited".into(), Some(5))
+    );
+    let (app, _upstream) =
+        app_with_client_secrets(ResponseTemplate::new(429).insert_header("retry-after", "86400"))
+            .await;
+    assert_eq!(limited(&app).await.2, Some(300));
+}
+
+#[tokio::test]
+async fn orgas_429_on_ice_config_is_503_upstream_rate_limited_too() {
+    let upstream = scripted_upstream(
+        token(),
+        Some(ResponseTemplate::new(429).insert_header("retry-after", "3")),
+    )
+    .await;
+    let app = spawn_app_against(&upstream.uri(), |_| {}).await;
+    assert_eq!(
+        limited(&app).await,
+        (503, "upstream_rate_limited".into(), Some(3))
+    );
+    assert_eq!(
+        calls_to(&upstream, ICE_PATH).await,
+        1,
+        "a 429 is not retried"
+    );
+}
+
+#[tokio::test]
+async fn many_429s_never_open_the_circuit_breaker() {
+    // Orga limiting this account is a sane answer, not Orga failing: after ten of them
+    // (the breaker opens after two failures here) requests still reach Orga.
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(SECRET_PATH))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
+        .up_to_n_times(10)
+        .with_priority(1)
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(SECRET_PATH))
+        .respond_with(token())
+        .mount(&upstream)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(ICE_PATH))
+        .respond_with(ice())
+        .mount(&upstream)
+        .await;
+    let app = spawn_app_against(&upstream.uri(), |c| c.orga.circuit_breaker_threshold = 2).await;
+    for _ in 0..10 {
+        assert_eq!(limited(&app).await.1, "upstream_rate_limited");
+    }
+    let ready: serde_json::Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["upstream_circuit"], "closed");
+    assert_eq!(app.get_credentials().await.status(), 200);
+    assert_eq!(calls_to(&upstream, SECRET_PATH).await, 11);
+}
+
 #[tokio::test]
 async fn upstream_422_is_502_upstream_error() {
     let body = json!({"detail": [{"loc": ["query", "email"], "msg": UPSTREAM_DETAIL}]});
@@ -56,6 +170,46 @@ async fn upstream_422_is_502_upstream_error() {
     let (status, code, text) = outcome(&app).await;
     assert_eq!((status, code.as_str()), (502, "upstream_error"));
     assert!(!text.contains(UPSTREAM_DETAIL));
+}
+
+#[tokio::test]
+async fn orgas_422_is_logged_at_error_naming_the_fields_never_the_values() {
+    // A 422 means this proxy sent something Orga rejects: the operator must see which
+    // fields, but the values (an email here) stay out of the logs.
+    let body = json!({"detail": [
+        {"type": "value_error", "loc": ["query", "email"], "msg": "not an email: leaked@value", "input": "leaked@value"},
+        {"type": "missing", "loc": ["body", "scope"], "msg": "Field required", "input": null}
+    ]});
+    let upstream = scripted_upstream(ResponseTemplate::new(422).set_body_json(body), None).await;
+    let proxy = crate::cli::Proxy::start(
+        crate::cli::command(&["serve"])
+            .env("ORGA_API_KEY", "sk_orga_ai_test")
+            .env("ORGA_BASE_URL", upstream.uri())
+            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0"),
+    );
+    let response = client()
+        .get(format!("http://{}/api/orga/credentials", proxy.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(error_code(response).await, "upstream_error");
+    let (_, logs) = proxy.stop();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("Orga rejected"))
+        .unwrap_or_else(|| panic!("no 422 line in:\n{logs}"));
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["level"], "ERROR", "{line}");
+    let error = line["error"].as_str().unwrap();
+    assert!(
+        error.contains("query.email") && error.contains("body.scope"),
+        "{error}"
+    );
+    assert!(
+        !logs.contains("leaked@value"),
+        "a value reached the logs:\n{logs}"
+    );
 }
 
 #[tokio::test]
