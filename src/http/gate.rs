@@ -8,6 +8,7 @@
 use crate::auth::{AuthError, Subject};
 use crate::error::ApiError;
 use crate::metrics::REQUESTS_SHED;
+use crate::ratelimit::Decision;
 use crate::state::AppState;
 use axum::BoxError;
 use axum::extract::{ConnectInfo, Request, State};
@@ -32,21 +33,11 @@ pub async fn limit_client(
         .rate_limit
         .client(peer_of(&request), request.headers());
     request.extensions_mut().insert(client);
-    let key = client.key;
-    let decision = match state.rate_limit.check_client(&key).await {
-        Ok(decision) => decision,
-        Err(refused) => {
-            if matches!(refused, ApiError::RateLimited { .. }) {
-                tracing::info!(client = %key, "client over its rate limit");
-            }
-            return refused.into_response();
-        }
-    };
-    let mut response = next.run(request).await;
-    if let Some(decision) = decision {
-        decision.apply(response.headers_mut());
-    }
-    response
+    let decision = state.rate_limit.check_client(&client.key).await;
+    within_budget(decision, request, next, || {
+        tracing::info!(client = %client.key, "client over its rate limit");
+    })
+    .await
 }
 
 /// Stage 2: the caller's credentials (`auth.mode`). The subject goes into the request
@@ -87,11 +78,27 @@ pub async fn limit_subject(
     let Some(subject) = request.extensions().get::<Subject>().cloned() else {
         return next.run(request).await;
     };
-    let decision = match state.rate_limit.check_subject(subject.as_str()).await {
+    let decision = state.rate_limit.check_subject(subject.as_str()).await;
+    within_budget(decision, request, next, || {
+        tracing::info!("subject over its rate limit");
+    })
+    .await
+}
+
+/// Runs the rest of the request when a limiter admitted it, with its `RateLimit-*`
+/// headers on the answer; answers the refusal (429, or 503 from a failing Redis)
+/// otherwise, calling `over_limit` for a 429 (a failing Redis is logged by the store).
+async fn within_budget(
+    decision: Result<Option<Decision>, ApiError>,
+    request: Request,
+    next: Next,
+    over_limit: impl FnOnce(),
+) -> Response {
+    let decision = match decision {
         Ok(decision) => decision,
         Err(refused) => {
             if matches!(refused, ApiError::RateLimited { .. }) {
-                tracing::info!("subject over its rate limit");
+                over_limit();
             }
             return refused.into_response();
         }

@@ -186,6 +186,17 @@ fn help_and_version_describe_the_binary() {
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
 
+/// `serve` against `upstream` with only `ORGA_API_KEY` set, on a free port: what a new
+/// user starts with.
+pub(crate) fn serving_against(upstream: &str) -> Command {
+    let mut serve = command(&["serve"]);
+    serve
+        .env("ORGA_API_KEY", "sk_orga_ai_only_the_key")
+        .env("ORGA_BASE_URL", upstream)
+        .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0");
+    serve
+}
+
 /// The binary running `serve`, with its stdout and stderr collected.
 pub(crate) struct Proxy {
     child: Child,
@@ -229,6 +240,15 @@ impl Proxy {
             output,
             addr,
         }
+    }
+
+    /// `GET` its credentials route.
+    pub(crate) async fn get_credentials(&self) -> reqwest::Response {
+        crate::helpers::client()
+            .get(format!("http://{}/api/orga/credentials", self.addr))
+            .send()
+            .await
+            .expect("the proxy answers")
     }
 
     /// Sends SIGTERM and returns the exit status and everything it printed.

@@ -159,17 +159,8 @@ async fn without_a_user_email_client_secrets_carries_no_query_at_all() {
 async fn a_fresh_clone_with_only_orga_api_key_set_serves_credentials() {
     // The new user's path: no email, no config file, only the key (and where Orga is).
     let upstream = spawn_mock_upstream(MockOptions::default()).await;
-    let proxy = crate::cli::Proxy::start(
-        crate::cli::command(&["serve"])
-            .env("ORGA_API_KEY", "sk_orga_ai_only_the_key")
-            .env("ORGA_BASE_URL", &upstream)
-            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0"),
-    );
-    let response = client()
-        .get(format!("http://{}/api/orga/credentials", proxy.addr))
-        .send()
-        .await
-        .unwrap();
+    let proxy = crate::cli::Proxy::start(&mut crate::cli::serving_against(&upstream));
+    let response = proxy.get_credentials().await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert!(

@@ -191,6 +191,24 @@ pub async fn scripted_upstream(
     upstream
 }
 
+/// Makes `upstream` answer the first `times` requests of `method` to `to` with
+/// `answer`, before its other mocks.
+pub async fn first_answers(
+    upstream: &wiremock::MockServer,
+    (method, to): (&str, &str),
+    answer: wiremock::ResponseTemplate,
+    times: u64,
+) {
+    use wiremock::matchers;
+    wiremock::Mock::given(matchers::method(method))
+        .and(matchers::path(to))
+        .respond_with(answer)
+        .up_to_n_times(times)
+        .with_priority(1)
+        .mount(upstream)
+        .await;
+}
+
 /// How many requests `upstream` received on `to`.
 pub async fn calls_to(upstream: &wiremock::MockServer, to: &str) -> usize {
     let requests = upstream.received_requests().await.unwrap();

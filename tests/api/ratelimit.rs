@@ -353,14 +353,7 @@ async fn the_real_server_limits_its_peer_and_answers_the_contract_429() {
 
 #[tokio::test]
 async fn the_per_subject_limit_gives_each_subject_its_own_budget() {
-    let app = Limited::new(|config| {
-        with_api_keys(config);
-        config.rate_limit.burst = 100;
-        config.rate_limit.per_subject.enabled = true;
-        config.rate_limit.per_subject.requests_per_minute = 6;
-        config.rate_limit.per_subject.burst = 2;
-    })
-    .await;
+    let app = Limited::new(|config| keys_with_a_subject_budget_of_two(config, 100)).await;
     let web = [("x-api-key", WEB_KEY)];
     for remaining in ["1", "0"] {
         let response = app.send("203.0.113.9", &web).await;
@@ -467,6 +460,16 @@ async fn without_a_peer_address_every_client_shares_one_budget_rather_than_none(
 const WEB_KEY: &str = "web-key-0123456789abcdef";
 const IOS_KEY: &str = "ios-key-0123456789abcdef";
 
+/// API keys as subjects, each with a budget of 2 (and 6 a minute), the client's burst
+/// set to `client_burst`.
+fn keys_with_a_subject_budget_of_two(config: &mut Config, client_burst: u32) {
+    with_api_keys(config);
+    config.rate_limit.burst = client_burst;
+    config.rate_limit.per_subject.enabled = true;
+    config.rate_limit.per_subject.requests_per_minute = 6;
+    config.rate_limit.per_subject.burst = 2;
+}
+
 fn with_api_keys(config: &mut Config) {
     config.auth.mode = AuthMode::ApiKey;
     config.auth.api_keys = api_keys(&[&format!("web:{WEB_KEY}"), &format!("ios:{IOS_KEY}")]);
@@ -486,14 +489,7 @@ async fn the_client_limit_runs_before_auth_so_failed_attempts_spend_the_budget()
 
 #[tokio::test]
 async fn the_per_subject_limit_follows_the_key_across_addresses() {
-    let app = Limited::new(|config| {
-        with_api_keys(config);
-        config.rate_limit.burst = 10;
-        config.rate_limit.per_subject.enabled = true;
-        config.rate_limit.per_subject.requests_per_minute = 6;
-        config.rate_limit.per_subject.burst = 2;
-    })
-    .await;
+    let app = Limited::new(|config| keys_with_a_subject_budget_of_two(config, 10)).await;
     // One key from three addresses: two requests, then the key's budget is spent.
     let from = ["198.51.100.1", "198.51.100.2", "198.51.100.3"];
     for (peer, remaining) in from.iter().zip(["1", "0"]) {

@@ -14,13 +14,7 @@ async fn ice_config_is_retried_once_after_a_5xx() {
         .respond_with(token())
         .mount(&upstream)
         .await;
-    Mock::given(method("GET"))
-        .and(path(ICE_PATH))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&upstream)
-        .await;
+    first_answers(&upstream, ("GET", ICE_PATH), ResponseTemplate::new(503), 1).await;
     Mock::given(method("GET"))
         .and(path(ICE_PATH))
         .respond_with(ice())

@@ -126,24 +126,9 @@ async fn orgas_429_on_ice_config_is_503_upstream_rate_limited_too() {
 async fn many_429s_never_open_the_circuit_breaker() {
     // Orga limiting this account is a sane answer, not Orga failing: after ten of them
     // (the breaker opens after two failures here) requests still reach Orga.
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(SECRET_PATH))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
-        .up_to_n_times(10)
-        .with_priority(1)
-        .mount(&upstream)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(SECRET_PATH))
-        .respond_with(token())
-        .mount(&upstream)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(ICE_PATH))
-        .respond_with(ice())
-        .mount(&upstream)
-        .await;
+    let upstream = scripted_upstream(token(), None).await;
+    let limited_answer = ResponseTemplate::new(429).insert_header("retry-after", "1");
+    first_answers(&upstream, ("POST", SECRET_PATH), limited_answer, 10).await;
     let app = spawn_app_against(&upstream.uri(), |c| c.orga.circuit_breaker_threshold = 2).await;
     for _ in 0..10 {
         assert_eq!(limited(&app).await.1, "upstream_rate_limited");
@@ -181,17 +166,8 @@ async fn orgas_422_is_logged_at_error_naming_the_fields_never_the_values() {
         {"type": "missing", "loc": ["body", "scope"], "msg": "Field required", "input": null}
     ]});
     let upstream = scripted_upstream(ResponseTemplate::new(422).set_body_json(body), None).await;
-    let proxy = crate::cli::Proxy::start(
-        crate::cli::command(&["serve"])
-            .env("ORGA_API_KEY", "sk_orga_ai_test")
-            .env("ORGA_BASE_URL", upstream.uri())
-            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0"),
-    );
-    let response = client()
-        .get(format!("http://{}/api/orga/credentials", proxy.addr))
-        .send()
-        .await
-        .unwrap();
+    let proxy = crate::cli::Proxy::start(&mut crate::cli::serving_against(&upstream.uri()));
+    let response = proxy.get_credentials().await;
     assert_eq!(response.status(), 502);
     assert_eq!(error_code(response).await, "upstream_error");
     let (_, logs) = proxy.stop();
