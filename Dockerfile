@@ -6,7 +6,8 @@
 # CA certificates for Orga Cloud, no shell, no package manager, user 65532.
 #
 # Secrets never enter the image: pass ORGA_API_KEY (or ORGA_API_KEY_FILE pointing at a
-# mounted secret) and ORGA_USER_EMAIL when the container starts.
+# mounted secret) when the container starts; ORGA_USER_EMAIL only if your Orga account
+# still needs it.
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
