@@ -40,7 +40,7 @@ pub enum Command {
     /// http://localhost:* and http://127.0.0.1:*, listening on 127.0.0.1 only. The
     /// credentials it hands out are fake. For frontend work offline.
     Dev,
-    /// Run only the fake Orga Cloud (client-secrets and ice-config), for tests,
+    /// Run only the fake Orga Cloud (client-secrets, ice-config and calls), for tests,
     /// benchmarks and docker compose.
     MockUpstream {
         /// Address to listen on.
@@ -68,6 +68,11 @@ pub enum Command {
 
 /// Runs the parsed command line to an exit status.
 pub fn run(cli: Cli) -> ExitCode {
+    // Tokio reads this variable itself and panics on a bad value: refuse it first.
+    if let Err(problem) = worker_threads_variable() {
+        eprintln!("orga-proxy: invalid configuration:\n  {problem}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -124,6 +129,20 @@ pub fn run(cli: Cli) -> ExitCode {
     // deadline: Docker kills the container 10 s after SIGTERM.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// `TOKIO_WORKER_THREADS`, when set, must be a whole number from 1 to 1024.
+fn worker_threads_variable() -> Result<(), String> {
+    let Some(value) = std::env::var_os("TOKIO_WORKER_THREADS") else {
+        return Ok(());
+    };
+    match value.to_str().map(|v| v.trim().parse::<usize>()) {
+        Some(Ok(1..=1024)) => Ok(()),
+        _ => Err(format!(
+            "TOKIO_WORKER_THREADS={:?}: the runtime's worker threads must be a whole number from 1 to 1024 (unset it to use one per CPU)",
+            value.to_string_lossy()
+        )),
+    }
 }
 
 fn load(path: Option<&std::path::Path>, mode: Mode) -> Result<Config, ExitCode> {

@@ -76,6 +76,9 @@ fn preflight(origin: &HeaderValue, credentials: bool, methods: &'static str) -> 
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static(methods),
     );
+    // Also what the route serves: axum would otherwise add an `Allow` naming HEAD,
+    // which the billable routes refuse.
+    headers.insert(header::ALLOW, HeaderValue::from_static(methods));
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static(ALLOWED_HEADERS),

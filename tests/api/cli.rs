@@ -76,6 +76,17 @@ fn a_bad_configuration_exits_2_with_one_line_per_problem_naming_key_and_env_var(
 }
 
 #[test]
+fn a_bad_tokio_worker_threads_value_exits_2_instead_of_panicking() {
+    for bad in ["abc", "0", "-1"] {
+        let output = run(command(&["check-config"]).env("TOKIO_WORKER_THREADS", bad));
+        assert_eq!(output.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
 fn an_unknown_key_in_the_toml_file_is_named() {
     let dir = tempdir();
     let file = dir.join("bad.toml");

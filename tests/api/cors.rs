@@ -105,6 +105,10 @@ async fn a_preflight_from_an_allowed_origin_is_answered_without_authentication()
     assert!(methods.contains("POST") && methods.contains("GET"));
     let allowed = headers["access-control-allow-headers"].to_str().unwrap();
     assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+    assert_eq!(
+        headers["allow"], "GET, POST",
+        "HEAD is refused, so not advertised"
+    );
     assert!(vary_has_origin(&response));
 }
 
