@@ -26,6 +26,8 @@ pub const HTTP_IN_FLIGHT: &str = "orga_proxy_http_requests_in_flight";
 pub const REQUESTS_SHED: &str = "orga_proxy_requests_shed_total";
 /// Requests answered 429 (rate limited).
 pub const RATE_LIMITED: &str = "orga_proxy_rate_limited_total";
+/// Clients forgotten early to make room in a full in-memory rate-limit table.
+pub const RATELIMIT_EVICTIONS: &str = "orga_proxy_ratelimit_evictions_total";
 /// Requests answered 401 (missing or invalid caller credentials).
 pub const AUTH_FAILURES: &str = "orga_proxy_auth_failures_total";
 /// Session credentials handed out (200 on the credentials route).
@@ -99,6 +101,10 @@ fn describe() {
         "Requests refused with 503 because server.concurrency_limit was reached."
     );
     describe_counter!(RATE_LIMITED, "Requests answered 429 (rate limited).");
+    describe_counter!(
+        RATELIMIT_EVICTIONS,
+        "Clients forgotten early, closest to a full budget first, to make room in a full in-memory rate-limit table (rate_limit.max_tracked_clients)."
+    );
     describe_counter!(
         AUTH_FAILURES,
         "Requests answered 401 (missing or invalid caller credentials)."

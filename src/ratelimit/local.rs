@@ -1,21 +1,50 @@
 //! The in-memory backend: governor's keyed GCRA over a bounded table, on an injected
 //! clock. Idle keys (whose budget is full again, so forgetting them changes nothing)
-//! are swept out every `sweep_interval`; past `max_tracked_clients`, new keys share one
-//! overflow budget until a sweep makes room.
+//! are swept out every `sweep_interval`.
+//!
+//! The table holds at most `max_tracked_clients` keys. A new key that finds it full
+//! replaces the entry closest to a full budget (the earliest theoretical arrival time)
+//! among [`SAMPLES`] picked at random, as Redis approximates LRU. Forgetting a key hands
+//! back exactly the budget it has not yet regained, so this gives away the least there
+//! is: nothing for a key already full again, one request for a spray address that sent
+//! one, while a limited client (budget spent) goes last, and early only once it owes
+//! less than every sampled entry. A spray thus evicts its own keys and each newcomer
+//! gets a budget of its own; a sprayer regains budget only by replacing the whole table
+//! faster than budgets refill, and then the least owed. LRU (nginx) would forget a
+//! spent client that pauses during a spray, handing its whole burst back.
 
 use super::Decision;
 use crate::clock::Clock;
 use governor::clock::Clock as GovernorClock;
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
-use governor::state::{InMemoryState, NotKeyed, StateStore};
+use governor::state::StateStore;
+use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use std::hash::Hash;
+use indexmap::IndexMap;
+use metrics::Counter;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+/// Shards of the table: each has its own lock, so request tasks on different workers
+/// rarely wait for each other. A fixed number, so eviction behaves the same on every
+/// machine; fewer when `max_tracked_clients` is small (see [`MIN_PER_SHARD`]).
+const SHARDS: usize = 32;
+/// Fewest keys a shard holds when full: eviction picks among a shard's keys, so a
+/// shard must hold enough for a limited client always to sit among cheaper ones.
+const MIN_PER_SHARD: usize = 64;
+/// Entries sampled to choose the one to evict: Redis samples 5; 8 hit the cheapest
+/// eighth of a shard two times in three, for eight reads per new key while full.
+const SAMPLES: usize = 8;
+
+/// Keys forgotten to make room, for `/metrics`. Resolved on first use, by then the
+/// recorder is installed (`crate::app` does it first).
+static EVICTIONS: LazyLock<Counter> =
+    LazyLock::new(|| metrics::counter!(crate::metrics::RATELIMIT_EVICTIONS));
 
 /// A GCRA quota: `burst` requests at once, one more every `interval`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,17 +72,101 @@ impl Rate {
     }
 }
 
-/// The state table: one atomic GCRA state per key, plus the shared overflow state.
-#[derive(Debug)]
-struct Table<K: Hash + Eq> {
-    /// governor's own DashMap store type, used here as a plain concurrent map.
-    states: DashMapStateStore<K>,
-    /// Where keys go while the table is full.
-    overflow: InMemoryState,
+/// The state table: each key's theoretical arrival time, in shards of bounded size.
+struct Table<K> {
+    /// Chosen by a key's hash; each holds at most its share of `max_keys`.
+    shards: Box<[Mutex<Shard<K>>]>,
+    /// Picks a key's shard (and where eviction starts sampling in it). Keyed at random,
+    /// so a sprayer cannot aim its keys at one shard.
+    hasher: RandomState,
     /// `rate_limit.max_tracked_clients`.
     max_keys: usize,
-    /// Requests that met a full table since the last sweep.
-    overflowed: AtomicU64,
+    /// Keys evicted to make room since the last sweep, for its warning.
+    evicted: AtomicU64,
+}
+
+/// One shard: a map that can also be read by position, which makes random sampling O(1).
+struct Shard<K> {
+    /// Each key's theoretical arrival time (governor's GCRA state, ns since the limiter
+    /// started): the budget is full again once the clock passes it.
+    states: IndexMap<K, u64>,
+    /// This shard's share of `max_keys`.
+    cap: usize,
+}
+
+impl<K: Hash + Eq> Shard<K> {
+    /// Evicts, while the shard is full, the sampled entry closest to a full budget;
+    /// returns how many went. `seed`, the new key's hash under the table's random keys
+    /// (so no client can aim it), says where sampling starts.
+    fn make_room(&mut self, seed: u64) -> u64 {
+        let mut evicted = 0;
+        while self.states.len() >= self.cap {
+            let len = self.states.len();
+            let samples = len.min(SAMPLES);
+            // Evenly spaced from a random start: distinct entries, from the whole shard.
+            let stride = len / samples;
+            let start = usize::try_from(seed >> 32).unwrap_or(0) % len;
+            let victim = (0..samples)
+                .map(|i| (start + i * stride) % len)
+                .min_by_key(|&i| self.states.get_index(i).map_or(u64::MAX, |(_, tat)| *tat));
+            match victim.and_then(|i| self.states.swap_remove_index(i)) {
+                Some(_) => evicted += 1,
+                None => break,
+            }
+        }
+        evicted
+    }
+}
+
+impl<K: Hash + Eq> Table<K> {
+    fn new(max_keys: usize) -> Self {
+        let max_keys = max_keys.max(1);
+        let count = SHARDS.min(max_keys / MIN_PER_SHARD).max(1);
+        // Shares that add up to exactly max_keys.
+        let shards = (0..count)
+            .map(|i| {
+                Mutex::new(Shard {
+                    states: IndexMap::new(),
+                    cap: max_keys / count + usize::from(i < max_keys % count),
+                })
+            })
+            .collect();
+        Self {
+            shards,
+            hasher: RandomState::new(),
+            max_keys,
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// `key`'s shard, locked, and the key's hash.
+    fn shard(&self, key: &K) -> (MutexGuard<'_, Shard<K>>, u64) {
+        let hash = self.hasher.hash_one(key);
+        let index = usize::try_from(hash % self.shards.len() as u64).unwrap_or(0);
+        (lock(&self.shards[index]), hash)
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).states.len()).sum()
+    }
+}
+
+/// Locks a shard. A panic while one was held (none is expected: the only code run under
+/// the lock is map access and governor's arithmetic) leaves consistent entries, so the
+/// poison is ignored rather than passed on to every later request.
+fn lock<K>(shard: &Mutex<Shard<K>>) -> MutexGuard<'_, Shard<K>> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts only: a derived `Debug` would print every tracked client address.
+impl<K: Hash + Eq> fmt::Debug for Table<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table")
+            .field("shards", &self.shards.len())
+            .field("tracked", &self.len())
+            .field("max_keys", &self.max_keys)
+            .finish_non_exhaustive()
+    }
 }
 
 /// governor's view of the table (a local newtype so the table can also be shared
@@ -61,52 +174,58 @@ struct Table<K: Hash + Eq> {
 #[derive(Debug)]
 struct Store<K: Hash + Eq>(Arc<Table<K>>);
 
-/// Reads a state's theoretical arrival time without changing it: the closure refuses,
-/// handing the current value back as its error.
-fn peek(state: &InMemoryState) -> u64 {
-    state
-        .measure_and_replace(&NotKeyed::NonKey, Err::<((), Nanos), _>)
-        .err()
-        .flatten()
-        .map_or(0, Nanos::as_u64)
-}
-
 impl<K: Hash + Eq + Clone> StateStore for Store<K> {
     type Key = K;
 
+    /// governor's update runs under the shard's lock, so a key's check, a newcomer's
+    /// insertion and the eviction that makes room for it are each one step.
     fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let table = &self.0;
-        if let Some(state) = table.states.get(key) {
-            return state.measure_and_replace(&NotKeyed::NonKey, f);
+        let (mut shard, hash) = self.0.shard(key);
+        if let Some(tat) = shard.states.get_mut(key) {
+            let (outcome, next) = f(Some(Nanos::from(*tat)))?;
+            *tat = next.as_u64();
+            return Ok(outcome);
         }
-        if table.states.len() >= table.max_keys {
-            table.overflowed.fetch_add(1, Ordering::Relaxed);
-            return table.overflow.measure_and_replace(&NotKeyed::NonKey, f);
+        let (outcome, next) = f(None)?;
+        let evicted = shard.make_room(hash);
+        shard.states.insert(key.clone(), next.as_u64());
+        drop(shard);
+        if evicted > 0 {
+            self.0.evicted.fetch_add(evicted, Ordering::Relaxed);
+            EVICTIONS.increment(evicted);
         }
-        let state = table.states.entry(key.clone()).or_default();
-        state.measure_and_replace(&NotKeyed::NonKey, f)
+        Ok(outcome)
     }
 }
 
 impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for Store<K> {
     fn retain_recent(&self, drop_below: Nanos) {
         let drop_below = drop_below.as_u64();
-        self.0.states.retain(|_, state| peek(state) > drop_below);
+        for shard in &self.0.shards {
+            lock(shard).states.retain(|_, tat| *tat > drop_below);
+        }
     }
 
+    /// Only shards using under half their capacity: a full one (a spray going on) would
+    /// just grow back.
     fn shrink_to_fit(&self) {
-        self.0.states.shrink_to_fit();
+        for shard in &self.0.shards {
+            let mut shard = lock(shard);
+            if shard.states.len() < shard.states.capacity() / 2 {
+                shard.states.shrink_to_fit();
+            }
+        }
     }
 
     fn len(&self) -> usize {
-        self.0.states.len()
+        self.0.len()
     }
 
     fn is_empty(&self) -> bool {
-        self.0.states.is_empty()
+        self.len() == 0
     }
 }
 
@@ -135,12 +254,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> LocalLimiter<K> {
         let quota = Quota::with_period(rate.interval)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(rate.burst);
-        let table = Arc::new(Table {
-            states: DashMapStateStore::default(),
-            overflow: InMemoryState::default(),
-            max_keys: max_keys.max(1),
-            overflowed: AtomicU64::new(0),
-        });
+        let table = Arc::new(Table::new(max_keys));
         let first_sweep = GovernorClock::now(&clock)
             .as_u64()
             .saturating_add(nanos(sweep_interval));
@@ -174,39 +288,36 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> LocalLimiter<K> {
         }
     }
 
-    /// Number of keys tracked now.
+    /// Number of keys tracked now (never more than `max_keys`).
     pub fn tracked(&self) -> usize {
-        self.table.states.len()
+        self.table.len()
     }
 
     /// Evicts every key whose budget is full again and returns the memory to the
-    /// allocator. Runs on a blocking thread when called from the runtime.
+    /// allocator; warns if keys had to be evicted early since the last sweep. Runs on a
+    /// blocking thread when called from the runtime.
     pub fn sweep(&self) {
-        let before = self.table.states.len();
+        let before = self.tracked();
         self.governor.retain_recent();
         self.governor.shrink_to_fit();
-        let overflowed = self.table.overflowed.swap(0, Ordering::Relaxed);
-        let after = self.table.states.len();
-        if overflowed > 0 {
+        let evicted = self.table.evicted.swap(0, Ordering::Relaxed);
+        let after = self.tracked();
+        if evicted > 0 {
             tracing::warn!(
-                overflowed,
+                evicted,
                 tracked = after,
                 max_tracked_clients = self.table.max_keys,
-                "rate-limit table was full: new clients shared one overflow budget; raise rate_limit.max_tracked_clients if this is not an attack"
+                "rate-limit table was full: clients closest to a full budget were forgotten to make room for new ones; raise rate_limit.max_tracked_clients if this is not an attack"
             );
         }
         tracing::debug!(before, after, "rate-limit sweep");
     }
 
-    /// Starts a sweep when one is due: every `sweep_interval`, or at once (at most
-    /// once a second) when the table is full.
+    /// Starts a sweep every `sweep_interval`. A full table needs none to take new keys
+    /// (they make their own room), so this is only about memory and the warning.
     fn maybe_sweep(self: &Arc<Self>) {
         let now = GovernorClock::now(self.governor.clock()).as_u64();
-        let due = self.next_sweep.load(Ordering::Relaxed);
-        let full = self.table.states.len() >= self.table.max_keys;
-        let earliest_when_full =
-            due.saturating_sub(nanos(self.sweep_interval)) + nanos(Duration::from_secs(1));
-        if now < due && !(full && now >= earliest_when_full) {
+        if now < self.next_sweep.load(Ordering::Relaxed) {
             return;
         }
         if self.sweeping.swap(true, Ordering::AcqRel) {
@@ -340,22 +451,168 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_never_grows_and_sends_new_keys_to_one_shared_budget() {
-        let (limiter, clock) = limiter(60, 2, 100);
+    fn a_full_table_never_grows_and_each_new_key_gets_a_budget_of_its_own() {
+        let (limiter, _clock) = limiter(60, 2, 100);
         for key in 0..100 {
             assert!(limiter.check(&key).is_admitted());
         }
-        // Newcomers share the overflow budget (burst 2): the third one is refused.
-        assert!(limiter.check(&1_000).is_admitted());
-        assert!(limiter.check(&1_001).is_admitted());
-        assert!(!limiter.check(&1_002).is_admitted());
-        assert_eq!(limiter.tracked(), 100);
-        // Known keys keep their own budget.
-        assert!(limiter.check(&5).is_admitted());
-        // Once idle keys can go, the full table sweeps and makes room.
-        clock.advance(Duration::from_secs(5));
-        assert!(limiter.check(&2_000).is_admitted());
-        assert_eq!(limiter.tracked(), 1);
+        for key in 1_000..1_010 {
+            assert!(limiter.check(&key).is_admitted(), "key {key}: first");
+            assert!(limiter.check(&key).is_admitted(), "key {key}: second");
+            // Its own budget, spent: tracked like any other key, not let through forever.
+            assert!(!limiter.check(&key).is_admitted(), "key {key}: third");
+            assert_eq!(limiter.tracked(), 100);
+        }
+        assert_eq!(limiter.table.evicted.load(Ordering::Relaxed), 10);
+    }
+
+    /// The review's attack: distinct addresses at several times the table's size, faster
+    /// than budgets refill, and real clients arriving while it goes on.
+    #[test]
+    fn newcomers_during_a_sustained_spray_each_get_their_own_full_budget() {
+        let (rpm, burst, max) = (60, 5, 1_000);
+        let (limiter, clock) = limiter(rpm, burst, max);
+        let mut spray = 0u32..;
+        // 10,000 new keys a simulated second: ten times the table per refill interval.
+        let mut spray_one = || {
+            limiter.check(&spray.next().unwrap_or_default());
+            clock.advance(Duration::from_micros(100));
+            assert!(limiter.tracked() <= max);
+        };
+        for newcomer in 1_000_000..1_000_020 {
+            for _ in 0..250 {
+                spray_one();
+            }
+            for n in 0..burst {
+                assert!(
+                    limiter.check(&newcomer).is_admitted(),
+                    "newcomer {newcomer}, request {n}"
+                );
+                spray_one(); // the spray does not wait for it
+            }
+            assert!(
+                !limiter.check(&newcomer).is_admitted(),
+                "newcomer {newcomer} has a budget of its own, spent like any other"
+            );
+        }
+        let sprayed = spray.next().unwrap_or_default();
+        assert!(sprayed >= 5 * max as u32, "sprayed {sprayed}");
+        assert_eq!(limiter.tracked(), max);
+    }
+
+    /// How often `limited` is admitted, attempting every 10 ms for 5 s from its first
+    /// full burst on, with `spray_per_step` distinct keys between attempts.
+    fn admissions_of_a_client_over_its_limit(spray_per_step: u32) -> u32 {
+        let (limiter, clock) = limiter(60, 5, 1_000);
+        let limited = u32::MAX;
+        let mut admitted = 0;
+        let mut spray = 0u32..;
+        for _ in 0..500 {
+            admitted += u32::from(limiter.check(&limited).is_admitted());
+            for key in spray.by_ref().take(spray_per_step as usize) {
+                limiter.check(&key);
+            }
+            clock.advance(Duration::from_millis(10));
+        }
+        admitted
+    }
+
+    #[test]
+    fn a_client_over_its_limit_keeps_its_debt_through_a_spray() {
+        let alone = admissions_of_a_client_over_its_limit(0);
+        // The burst, then one a second as it comes back.
+        assert!((9..=10).contains(&alone), "alone: {alone}");
+        // 20 keys every 10 ms: 10,000 in all, ten times the table, 2 per ms.
+        assert_eq!(admissions_of_a_client_over_its_limit(20), alone);
+    }
+
+    /// What LRU gets wrong: the client sends nothing while the spray goes on, so it is the
+    /// least recently used; with its budget spent, it is still the most valuable to keep.
+    #[test]
+    fn a_client_that_spent_its_budget_and_pauses_during_a_spray_regains_only_what_refilled() {
+        let (limiter, clock) = limiter(60, 5, 1_000);
+        let limited = u32::MAX;
+        for _ in 0..5 {
+            assert!(limiter.check(&limited).is_admitted());
+        }
+        assert!(!limiter.check(&limited).is_admitted());
+        for key in 0..5_000 {
+            limiter.check(&key);
+            clock.advance(Duration::from_micros(400));
+        }
+        // 2 s later: two requests' worth came back, not the burst.
+        assert!(limiter.check(&limited).is_admitted());
+        assert!(limiter.check(&limited).is_admitted());
+        assert!(!limiter.check(&limited).is_admitted());
+    }
+
+    #[test]
+    fn concurrent_new_keys_never_overfill_the_table_and_every_eviction_is_counted() {
+        let (limiter, _clock) = limiter(60, 1, 1_000);
+        std::thread::scope(|scope| {
+            for thread in 0..4u32 {
+                let limiter = &limiter;
+                scope.spawn(move || {
+                    for n in 0..20_000 {
+                        assert!(limiter.check(&(thread * 1_000_000 + n)).is_admitted());
+                        if n % 500 == 0 {
+                            assert!(limiter.tracked() <= 1_000);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(limiter.tracked(), 1_000);
+        // Each new key either found room or evicted exactly one.
+        assert_eq!(
+            limiter.table.evicted.load(Ordering::Relaxed),
+            80_000 - 1_000
+        );
+    }
+
+    #[test]
+    fn the_next_sweep_warns_once_with_the_number_of_evictions() {
+        let (limiter, _clock) = limiter(60, 1, 100);
+        for key in 0..150 {
+            limiter.check(&key);
+        }
+        let logs = captured_logs(|| {
+            limiter.sweep();
+            limiter.sweep();
+        });
+        assert_eq!(
+            logs.matches("rate-limit table was full").count(),
+            1,
+            "{logs}"
+        );
+        assert!(logs.contains("evicted=50"), "{logs}");
+    }
+
+    /// What `emit` logs at warn level and above, as plain text.
+    fn captured_logs(emit: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                lock_buffer(&self.0).extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        fn lock_buffer(buffer: &std::sync::Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
+            buffer.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        String::from_utf8_lossy(&lock_buffer(&buffer.0)).into_owned()
     }
 
     #[test]
@@ -366,5 +623,6 @@ mod tests {
             clock.advance(Duration::from_millis(1));
             assert!(limiter.tracked() <= 1_000);
         }
+        assert_eq!(limiter.tracked(), 1_000, "full, and still taking new keys");
     }
 }

@@ -193,6 +193,38 @@ async fn two_clients_behind_one_proxy_have_separate_budgets() {
     assert_eq!(header(&neighbour, "ratelimit-remaining"), "2");
 }
 
+/// Issue 17: a spray of forwarded addresses filled the table, and from then on every
+/// newcomer shared one overflow budget and was refused. A full table now makes room.
+#[tokio::test]
+async fn newcomers_behind_a_trusted_proxy_keep_their_own_budget_during_a_spray() {
+    let app = Limited::new(|config| {
+        behind_proxy(config);
+        config.rate_limit.max_tracked_clients = 64;
+    })
+    .await;
+    for round in 0..4u8 {
+        for host in 0..64u8 {
+            let sprayed = format!("198.18.{round}.{host}");
+            let response = app.send("10.0.0.1", &[("x-forwarded-for", &sprayed)]).await;
+            assert_eq!(response.status(), StatusCode::OK, "{sprayed}");
+            app.clock.advance(Duration::from_millis(10));
+        }
+        let newcomer = format!("203.0.113.{round}");
+        let admitted = app
+            .drain("10.0.0.1", &[("x-forwarded-for", &newcomer)])
+            .await;
+        assert_eq!(admitted, 3, "{newcomer} gets the whole burst, its own");
+    }
+    // 256 sprayed and 4 newcomers through 64 places: at least 196 evicted, counted.
+    let metrics = orga_proxy::metrics::install().render();
+    assert!(metrics.contains("# HELP orga_proxy_ratelimit_evictions_total"));
+    let evictions = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("orga_proxy_ratelimit_evictions_total "))
+        .and_then(|value| value.parse::<f64>().ok());
+    assert!(evictions.is_some_and(|n| n >= 196.0), "{evictions:?}");
+}
+
 #[tokio::test]
 async fn one_ipv6_64_shares_a_budget_and_another_64_does_not() {
     let app = Limited::new(|_| {}).await;
