@@ -12,6 +12,9 @@
 //! gets a budget of its own; a sprayer regains budget only by replacing the whole table
 //! faster than budgets refill, and then the least owed. LRU (nginx) would forget a
 //! spent client that pauses during a spray, handing its whole burst back.
+//!
+//! The table is a governor `StateStore` of our own: governor's `DashMapStateStore`
+//! can be swept but not bounded, and no cache crate evicts by the budget owed.
 
 use super::Decision;
 use crate::clock::Clock;
