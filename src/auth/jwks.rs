@@ -2,15 +2,29 @@
 //! refreshed on an interval and when an unknown `kid` arrives. Refreshes are
 //! single-flight, and those caused by unknown `kid`s have a cooldown, so a flood of
 //! made-up `kid`s costs the identity provider at most one request per cooldown.
-//! A failed refresh keeps the cached keys; with no keys at all nothing is accepted.
+//!
+//! A fetch either succeeds, with a well-formed document, or fails. Well-formed means an
+//! HTTP 2xx answer of at most 256 KiB whose body is a JSON object with a `keys` array;
+//! the members of that array this proxy cannot use (other key types, encryption keys,
+//! algorithms not pinned, broken parameters) are skipped with a debug line. A
+//! well-formed document is the provider's word on which keys exist: it replaces the
+//! cache, so a key it no longer lists is revoked at once, and one with no usable key
+//! (`{"keys":[]}` included) leaves none. A failed fetch (network error, timeout, other
+//! status, over-size, not JSON, no `keys` array) says nothing about the keys, so the
+//! cached ones stay in use.
+//!
+//! With no usable key, for whatever reason, every token is answered 503 (fail closed: the
+//! token may be fine, the proxy cannot tell), the `jwks` readiness dependency is not
+//! ready, and the refresher retries soon (1 s, doubling up to `jwks_min_refresh`),
+//! woken early if the keys went while it waited out a full `jwks_refresh`.
 
 use crate::clock::Clock;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Deadline of one JWKS fetch, connecting included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,8 +64,11 @@ pub(super) struct Jwks {
     /// Held for the whole of a fetch (single flight); holds when the last fetch
     /// caused by an unknown `kid` started.
     refresh: tokio::sync::Mutex<Option<std::time::Instant>>,
-    /// The readiness flag: true once keys are loaded.
+    /// The readiness flag: true while usable keys are cached. Written only with the
+    /// `keys` lock held, so it never disagrees with them for long.
     ready: Arc<AtomicBool>,
+    /// Wakes the refresher when the keys go while it waits out a full interval.
+    lost: Arc<Notify>,
     clock: Clock,
     interval: Duration,
     min_refresh: Duration,
@@ -78,6 +95,7 @@ impl Jwks {
             keys: RwLock::default(),
             refresh: tokio::sync::Mutex::new(None),
             ready,
+            lost: Arc::default(),
             clock,
             interval,
             min_refresh,
@@ -113,7 +131,7 @@ impl Jwks {
                 return self.lookup(kid, alg);
             }
             *last = Some(now);
-            let _ = self.fetch_and_store("unknown kid").await;
+            self.fetch_and_store("unknown kid").await;
         }
         self.lookup(kid, alg)
     }
@@ -139,30 +157,45 @@ impl Jwks {
         }
     }
 
-    /// Fetches the document and, when it holds usable keys, replaces the cache.
-    async fn fetch_and_store(&self, why: &'static str) -> Result<(), ()> {
+    /// Fetches the document; a well-formed one replaces the cache, whatever it holds.
+    /// True when the fetch succeeded and left usable keys.
+    async fn fetch_and_store(&self, why: &'static str) -> bool {
         self.fetches.fetch_add(1, Ordering::SeqCst);
-        let cached = self.keys.read().unwrap_or_else(|p| p.into_inner()).len();
         let result = match self.fetch().await {
             Ok(body) => parse(&body, &self.pinned),
             Err(e) => Err(e),
         };
+        let cached = self.keys.read().unwrap_or_else(|p| p.into_inner()).len();
         match result {
+            Ok(keys) if keys.is_empty() => {
+                self.store(keys);
+                tracing::error!(url = %self.url, accepted = %names(&self.pinned), reason = why, "the JWKS holds no usable signing key: every token is refused and readiness is 503 until it does");
+                if cached > 0 {
+                    self.lost.notify_waiters();
+                }
+                false
+            }
             Ok(keys) => {
                 tracing::info!(url = %self.url, keys = keys.len(), reason = why, "JWKS loaded");
-                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
-                self.ready.store(true, Ordering::SeqCst);
-                Ok(())
+                self.store(keys);
+                true
             }
             Err(error) if cached > 0 => {
                 tracing::warn!(url = %self.url, %error, cached, reason = why, "JWKS refresh failed; the cached keys stay in use");
-                Err(())
+                false
             }
             Err(error) => {
                 tracing::error!(url = %self.url, %error, reason = why, "JWKS not loaded: every token is refused until it is");
-                Err(())
+                false
             }
         }
+    }
+
+    /// Replaces the cached keys and sets readiness to match, under one lock.
+    fn store(&self, keys: Vec<Arc<VerifyingKey>>) {
+        let mut cached = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        self.ready.store(!keys.is_empty(), Ordering::SeqCst);
+        *cached = Arc::new(keys);
     }
 
     async fn fetch(&self) -> Result<Vec<u8>, String> {
@@ -197,54 +230,68 @@ impl Jwks {
     }
 }
 
-/// Loads at start, then refreshes every `interval`; while no keys are loaded it retries
-/// sooner (1 s, doubling up to `min_refresh`). Ends when the cache is dropped.
+/// Loads at start, then refreshes every `interval`; while the last fetch failed or no
+/// keys are loaded it retries sooner (1 s, doubling up to `min_refresh`), and keys lost
+/// during a full interval cut it short. Ends when the cache is dropped.
 async fn refresher(jwks: Weak<Jwks>) {
     let mut retry = FIRST_RETRY;
     loop {
         let Some(cache) = jwks.upgrade() else { return };
-        let outcome = {
+        let loaded = {
             let _single_flight = cache.refresh.lock().await;
             cache.fetch_and_store("scheduled").await
         };
-        let delay = match outcome {
-            Ok(()) => {
-                retry = FIRST_RETRY;
-                cache.interval
-            }
-            Err(()) => {
-                let delay = retry;
-                retry = (retry * 2).min(cache.min_refresh);
-                delay.min(cache.interval)
-            }
+        // Listening before looking at the keys: a loss after the look wakes us, one
+        // before it is seen by the look.
+        let lost = cache.lost.clone();
+        let woken = lost.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let delay = if loaded && cache.ready.load(Ordering::SeqCst) {
+            retry = FIRST_RETRY;
+            cache.interval
+        } else {
+            let delay = retry;
+            retry = (retry * 2).min(cache.min_refresh);
+            delay.min(cache.interval)
         };
         drop(cache);
-        tokio::time::sleep(delay).await;
-    }
-}
-
-#[derive(Deserialize)]
-struct Document {
-    keys: Vec<serde_json::Value>,
-}
-
-/// The usable signing keys of a JWKS document; an error when there are none. Keys of
-/// other types, for encryption, or for algorithms not pinned are skipped, never fatal:
-/// providers publish such keys alongside the ones that matter.
-fn parse(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<Arc<VerifyingKey>>, String> {
-    let document: Document =
-        serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
-    let mut keys = Vec::new();
-    for value in document.keys.into_iter().take(MAX_KEYS) {
-        if let Some(key) = verifying_key(value, pinned) {
-            keys.push(Arc::new(key));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = woken => {}
         }
     }
-    if keys.is_empty() {
-        return Err(format!(
-            "no usable signing key (accepted algorithms: {})",
-            names(pinned)
-        ));
+}
+
+/// The usable signing keys of a well-formed JWKS document (a JSON object with a `keys`
+/// array), possibly none; an error when the document is not well-formed. Keys of other
+/// types, for encryption, or for algorithms not pinned are skipped, never fatal:
+/// providers publish such keys alongside the ones that matter.
+fn parse(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<Arc<VerifyingKey>>, String> {
+    // Through `Value`, not a derived struct: serde would also read a struct from a JSON
+    // array, and `[[]]` must not pass for an empty key set.
+    let document: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(serde_json::Value::Array(members)) = document.as_object().and_then(|o| o.get("keys"))
+    else {
+        return Err("not a JWKS document: no `keys` array in a JSON object".into());
+    };
+    let mut keys = Vec::new();
+    for value in members.iter().take(MAX_KEYS) {
+        let kid = value.get("kid").and_then(|k| k.as_str()).unwrap_or("");
+        match verifying_key(value.clone(), pinned) {
+            Some(key) => keys.push(Arc::new(key)),
+            None => tracing::debug!(
+                kid,
+                "JWKS key skipped: not a signing key for an accepted algorithm"
+            ),
+        }
+    }
+    if members.len() > MAX_KEYS {
+        tracing::debug!(
+            published = members.len(),
+            "JWKS keys past the first {MAX_KEYS} skipped"
+        );
     }
     Ok(keys)
 }
@@ -333,10 +380,34 @@ mod tests {
     }
 
     #[test]
-    fn a_document_without_usable_keys_is_an_error() {
-        let body = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]});
-        assert!(parse(body.to_string().as_bytes(), PINNED).is_err());
-        assert!(parse(b"<html>", PINNED).is_err());
+    fn a_well_formed_document_without_usable_keys_is_an_empty_set() {
+        for body in [
+            json!({"keys": []}),
+            json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}),
+            json!({"keys": [], "other": "members are ignored"}),
+        ] {
+            let keys = parse(body.to_string().as_bytes(), PINNED);
+            assert!(keys.is_ok_and(|keys| keys.is_empty()), "{body}");
+        }
+    }
+
+    #[test]
+    fn an_answer_that_is_not_an_object_with_a_keys_array_is_an_error() {
+        for body in [
+            &b"<html>"[..],
+            b"",
+            b"{\"keys\": [",
+            b"{}",
+            b"{\"keys\": null}",
+            b"{\"keys\": {}}",
+            b"{\"Keys\": []}",
+            b"[]",
+            b"[[]]",
+            b"\"keys\"",
+        ] {
+            let shown = String::from_utf8_lossy(body);
+            assert!(parse(body, PINNED).is_err(), "{shown}");
+        }
     }
 
     #[test]
