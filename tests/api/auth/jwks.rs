@@ -318,3 +318,65 @@ async fn after_the_cooldown_an_unknown_kid_may_fetch_again() {
     );
     assert_eq!(auth.jwks_fetches().unwrap(), after_first + 1);
 }
+
+#[tokio::test]
+async fn a_failing_jwks_keeps_the_keys_until_jwks_max_stale_then_readiness_turns_503() {
+    let key = ec_key();
+    let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
+    let mut config = AuthConfig {
+        mode: AuthMode::Jwt,
+        ..AuthConfig::default()
+    };
+    config.jwt.jwks_url = Some(idp.url.parse().unwrap());
+    config.jwt.jwks_min_refresh = Duration::from_secs(1);
+    config.jwt.jwks_max_stale = Duration::from_secs(3600);
+    let clock = Clock::manual(SystemTime::now());
+    let readiness = Readiness::default();
+    let http = orga_proxy::outbound::client().unwrap();
+    let auth =
+        Authenticator::new(&config, &readiness, clock.clone(), Default::default(), http).unwrap();
+    // The clock moves hours ahead: the token must outlive it.
+    let token_claims = serde_json::json!({"sub": "u", "exp": super::now() + 86_400});
+    let check = |kid: &str| {
+        let mut headers = HeaderMap::new();
+        let token = key.sign(kid, &token_claims);
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let auth = auth.clone();
+        async move { auth.authenticate(&headers, None).await }
+    };
+    let wait_for_readiness = |expected: &'static [&'static str]| {
+        let readiness = &readiness;
+        async move {
+            for _ in 0..6000 {
+                if readiness.problems() == expected {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("readiness never became {expected:?}");
+        }
+    };
+    wait_for_readiness(&[]).await;
+    assert!(check("k").await.is_ok());
+
+    // The provider fails; a refresh fails with it (an unknown kid forces one), and the
+    // cached key keeps working for as long as jwks_max_stale allows.
+    idp.set_failing(true);
+    clock.advance(Duration::from_secs(59 * 60));
+    let fetches = auth.jwks_fetches().unwrap();
+    assert!(matches!(check("unknown").await, Err(AuthError::Invalid(_))));
+    assert_eq!(auth.jwks_fetches().unwrap(), fetches + 1);
+    assert!(check("k").await.is_ok(), "59 min after the last good fetch");
+    assert!(readiness.problems().is_empty());
+
+    // Past it the keys are dropped: the token is refused as when no keys ever loaded,
+    // and readiness is 503.
+    clock.advance(Duration::from_secs(2 * 60));
+    assert_eq!(check("k").await, Err(AuthError::KeysUnavailable));
+    assert_eq!(readiness.problems(), ["jwks"]);
+
+    // The provider answers again: the refresher's next fetch restores both.
+    idp.set_failing(false);
+    wait_for_readiness(&[]).await;
+    assert!(check("k").await.is_ok());
+}
