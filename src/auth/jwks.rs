@@ -2,15 +2,34 @@
 //! refreshed on an interval and when an unknown `kid` arrives. Refreshes are
 //! single-flight, and those caused by unknown `kid`s have a cooldown, so a flood of
 //! made-up `kid`s costs the identity provider at most one request per cooldown.
-//! A failed refresh keeps the cached keys; with no keys at all nothing is accepted.
+//!
+//! A fetch either succeeds, with a well-formed document, or fails. Well-formed means an
+//! HTTP 2xx answer of at most 256 KiB whose body is a JSON object with a `keys` array;
+//! the members of that array this proxy cannot use (other key types, encryption keys,
+//! algorithms not pinned, broken parameters) are skipped with a debug line. A
+//! well-formed document is the provider's word on which keys exist: it replaces the
+//! cache, so a key it no longer lists is revoked at once, and one with no usable key
+//! (`{"keys":[]}` included) leaves none. A failed fetch (network error, timeout, other
+//! status, over-size, not JSON, no `keys` array) says nothing about the keys, so the
+//! cached ones stay in use, but for no longer than `jwks_max_stale` after the last
+//! well-formed document: past it they are dropped (an error line says so), because a
+//! provider unreachable for that long may have revoked them meanwhile.
+//!
+//! With no usable key, for whatever reason (never loaded, none published, dropped as
+//! stale), every token is answered 503 (fail closed: the token may be fine, the proxy
+//! cannot tell), the `jwks` readiness dependency is not ready, and the refresher retries
+//! soon (1 s, doubling up to `jwks_min_refresh`), woken early if the keys went while it
+//! waited out a full `jwks_refresh`. Stale keys are dropped by the first lookup or
+//! failed fetch past the deadline; while the provider is down the refresher tries at
+//! least every `jwks_min_refresh`, so readiness turns 503 within that of the deadline.
 
 use crate::clock::Clock;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// Deadline of one JWKS fetch, connecting included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,31 +60,59 @@ pub(super) enum Lookup {
     Empty,
 }
 
+/// The keys of the last well-formed document and when it arrived.
+#[derive(Default)]
+struct Cached {
+    /// The usable signing keys; empty before the first load and once dropped.
+    keys: Arc<Vec<Arc<VerifyingKey>>>,
+    /// When the last well-formed document arrived (by the injected clock); `None` before.
+    fetched_at: Option<Instant>,
+}
+
+impl Cached {
+    /// How long ago the keys were last confirmed, when that is longer than `max_stale`
+    /// and there are keys to drop.
+    fn stale_for(&self, now: Instant, max_stale: Duration) -> Option<Duration> {
+        let age = now.saturating_duration_since(self.fetched_at?);
+        (age > max_stale && !self.keys.is_empty()).then_some(age)
+    }
+}
+
 /// Where the keys come from and the cached set.
 pub(super) struct Jwks {
     url: reqwest::Url,
     http: reqwest::Client,
     pinned: Vec<Algorithm>,
-    keys: RwLock<Arc<Vec<Arc<VerifyingKey>>>>,
+    keys: RwLock<Cached>,
     /// Held for the whole of a fetch (single flight); holds when the last fetch
     /// caused by an unknown `kid` started.
-    refresh: tokio::sync::Mutex<Option<std::time::Instant>>,
-    /// The readiness flag: true once keys are loaded.
+    refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// The readiness flag: true while usable keys are cached. Written only with the
+    /// `keys` lock held, so it never disagrees with them for long.
     ready: Arc<AtomicBool>,
+    /// Wakes the refresher when the keys go while it waits out a full interval.
+    lost: Arc<Notify>,
     clock: Clock,
     interval: Duration,
     min_refresh: Duration,
+    /// How long the keys outlive failed refreshes (`auth.jwt.jwks_max_stale`).
+    max_stale: Duration,
     fetches: AtomicU64,
 }
 
 impl Jwks {
     /// Builds the cache (empty) and starts its refresh task on the current Tokio runtime.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site passes settings and handles it already holds; a struct would only rename them"
+    )]
     pub fn start(
         url: reqwest::Url,
         http: reqwest::Client,
         pinned: Vec<Algorithm>,
         interval: Duration,
         min_refresh: Duration,
+        max_stale: Duration,
         ready: Arc<AtomicBool>,
         clock: Clock,
     ) -> Result<Arc<Self>, String> {
@@ -78,9 +125,11 @@ impl Jwks {
             keys: RwLock::default(),
             refresh: tokio::sync::Mutex::new(None),
             ready,
+            lost: Arc::default(),
             clock,
             interval,
             min_refresh,
+            max_stale,
             fetches: AtomicU64::new(0),
         });
         runtime.spawn(refresher(Arc::downgrade(&jwks)));
@@ -113,13 +162,13 @@ impl Jwks {
                 return self.lookup(kid, alg);
             }
             *last = Some(now);
-            let _ = self.fetch_and_store("unknown kid").await;
+            self.fetch_and_store("unknown kid").await;
         }
         self.lookup(kid, alg)
     }
 
     fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Lookup {
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let keys = self.current_keys(self.clock.now());
         if keys.is_empty() {
             return Lookup::Empty;
         }
@@ -139,30 +188,81 @@ impl Jwks {
         }
     }
 
-    /// Fetches the document and, when it holds usable keys, replaces the cache.
-    async fn fetch_and_store(&self, why: &'static str) -> Result<(), ()> {
+    /// Fetches the document; a well-formed one replaces the cache, whatever it holds.
+    /// True when the fetch succeeded and left usable keys.
+    async fn fetch_and_store(&self, why: &'static str) -> bool {
         self.fetches.fetch_add(1, Ordering::SeqCst);
-        let cached = self.keys.read().unwrap_or_else(|p| p.into_inner()).len();
         let result = match self.fetch().await {
             Ok(body) => parse(&body, &self.pinned),
             Err(e) => Err(e),
         };
+        let now = self.clock.now();
         match result {
+            Ok(keys) if keys.is_empty() => {
+                let had_keys = self.store(keys, now);
+                tracing::error!(url = %self.url, accepted = %names(&self.pinned), reason = why, "the JWKS holds no usable signing key: every token is refused and readiness is 503 until it does");
+                if had_keys {
+                    self.lost.notify_waiters();
+                }
+                false
+            }
             Ok(keys) => {
                 tracing::info!(url = %self.url, keys = keys.len(), reason = why, "JWKS loaded");
-                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
-                self.ready.store(true, Ordering::SeqCst);
-                Ok(())
-            }
-            Err(error) if cached > 0 => {
-                tracing::warn!(url = %self.url, %error, cached, reason = why, "JWKS refresh failed; the cached keys stay in use");
-                Err(())
+                self.store(keys, now);
+                true
             }
             Err(error) => {
-                tracing::error!(url = %self.url, %error, reason = why, "JWKS not loaded: every token is refused until it is");
-                Err(())
+                // Drops the cached keys here when they have outlived `max_stale`.
+                let cached = self.current_keys(now).len();
+                if cached > 0 {
+                    tracing::warn!(url = %self.url, %error, cached, reason = why, "JWKS refresh failed; the cached keys stay in use until auth.jwt.jwks_max_stale");
+                } else {
+                    tracing::error!(url = %self.url, %error, reason = why, "JWKS not loaded: every token is refused until it is");
+                }
+                false
             }
         }
+    }
+
+    /// Replaces the cached keys with a well-formed document's, fetched at `now`, and sets
+    /// readiness to match under the same lock. True when keys were cached before.
+    fn store(&self, keys: Vec<Arc<VerifyingKey>>, now: Instant) -> bool {
+        let mut cached = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        self.ready.store(!keys.is_empty(), Ordering::SeqCst);
+        let had_keys = !cached.keys.is_empty();
+        *cached = Cached {
+            keys: Arc::new(keys),
+            fetched_at: Some(now),
+        };
+        had_keys
+    }
+
+    /// The cached keys, unless they have gone `max_stale` without a well-formed document:
+    /// then they are dropped here, readiness turns off, an error line says why and the
+    /// refresher is woken into its quick retries.
+    fn current_keys(&self, now: Instant) -> Arc<Vec<Arc<VerifyingKey>>> {
+        {
+            let cached = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            if cached.stale_for(now, self.max_stale).is_none() {
+                return cached.keys.clone();
+            }
+        }
+        let mut cached = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        // Checked again: a fetch may have landed between the two locks.
+        let Some(age) = cached.stale_for(now, self.max_stale) else {
+            return cached.keys.clone();
+        };
+        cached.keys = Arc::default();
+        self.ready.store(false, Ordering::SeqCst);
+        drop(cached);
+        tracing::error!(
+            url = %self.url,
+            since_last_good_fetch = %humantime::format_duration(Duration::from_secs(age.as_secs())),
+            max_stale = %humantime::format_duration(self.max_stale),
+            "JWKS keys dropped: no successful refresh within auth.jwt.jwks_max_stale; every token is refused and readiness is 503 until a fetch succeeds"
+        );
+        self.lost.notify_waiters();
+        Arc::default()
     }
 
     async fn fetch(&self) -> Result<Vec<u8>, String> {
@@ -197,54 +297,68 @@ impl Jwks {
     }
 }
 
-/// Loads at start, then refreshes every `interval`; while no keys are loaded it retries
-/// sooner (1 s, doubling up to `min_refresh`). Ends when the cache is dropped.
+/// Loads at start, then refreshes every `interval`; while the last fetch failed or no
+/// keys are loaded it retries sooner (1 s, doubling up to `min_refresh`), and keys lost
+/// during a full interval cut it short. Ends when the cache is dropped.
 async fn refresher(jwks: Weak<Jwks>) {
     let mut retry = FIRST_RETRY;
     loop {
         let Some(cache) = jwks.upgrade() else { return };
-        let outcome = {
+        let loaded = {
             let _single_flight = cache.refresh.lock().await;
             cache.fetch_and_store("scheduled").await
         };
-        let delay = match outcome {
-            Ok(()) => {
-                retry = FIRST_RETRY;
-                cache.interval
-            }
-            Err(()) => {
-                let delay = retry;
-                retry = (retry * 2).min(cache.min_refresh);
-                delay.min(cache.interval)
-            }
+        // Listening before looking at the keys: a loss after the look wakes us, one
+        // before it is seen by the look.
+        let lost = cache.lost.clone();
+        let woken = lost.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let delay = if loaded && cache.ready.load(Ordering::SeqCst) {
+            retry = FIRST_RETRY;
+            cache.interval
+        } else {
+            let delay = retry;
+            retry = (retry * 2).min(cache.min_refresh);
+            delay.min(cache.interval)
         };
         drop(cache);
-        tokio::time::sleep(delay).await;
-    }
-}
-
-#[derive(Deserialize)]
-struct Document {
-    keys: Vec<serde_json::Value>,
-}
-
-/// The usable signing keys of a JWKS document; an error when there are none. Keys of
-/// other types, for encryption, or for algorithms not pinned are skipped, never fatal:
-/// providers publish such keys alongside the ones that matter.
-fn parse(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<Arc<VerifyingKey>>, String> {
-    let document: Document =
-        serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
-    let mut keys = Vec::new();
-    for value in document.keys.into_iter().take(MAX_KEYS) {
-        if let Some(key) = verifying_key(value, pinned) {
-            keys.push(Arc::new(key));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = woken => {}
         }
     }
-    if keys.is_empty() {
-        return Err(format!(
-            "no usable signing key (accepted algorithms: {})",
-            names(pinned)
-        ));
+}
+
+/// The usable signing keys of a well-formed JWKS document (a JSON object with a `keys`
+/// array), possibly none; an error when the document is not well-formed. Keys of other
+/// types, for encryption, or for algorithms not pinned are skipped, never fatal:
+/// providers publish such keys alongside the ones that matter.
+fn parse(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<Arc<VerifyingKey>>, String> {
+    // Through `Value`, not a derived struct: serde would also read a struct from a JSON
+    // array, and `[[]]` must not pass for an empty key set.
+    let document: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(serde_json::Value::Array(members)) = document.as_object().and_then(|o| o.get("keys"))
+    else {
+        return Err("not a JWKS document: no `keys` array in a JSON object".into());
+    };
+    let mut keys = Vec::new();
+    for value in members.iter().take(MAX_KEYS) {
+        let kid = value.get("kid").and_then(|k| k.as_str()).unwrap_or("");
+        match verifying_key(value.clone(), pinned) {
+            Some(key) => keys.push(Arc::new(key)),
+            None => tracing::debug!(
+                kid,
+                "JWKS key skipped: not a signing key for an accepted algorithm"
+            ),
+        }
+    }
+    if members.len() > MAX_KEYS {
+        tracing::debug!(
+            published = members.len(),
+            "JWKS keys past the first {MAX_KEYS} skipped"
+        );
     }
     Ok(keys)
 }
@@ -309,6 +423,9 @@ pub(super) fn names(algorithms: &[Algorithm]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::io;
+    use std::sync::Mutex;
+    use std::time::UNIX_EPOCH;
 
     const PINNED: &[Algorithm] = &[Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
 
@@ -333,10 +450,34 @@ mod tests {
     }
 
     #[test]
-    fn a_document_without_usable_keys_is_an_error() {
-        let body = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]});
-        assert!(parse(body.to_string().as_bytes(), PINNED).is_err());
-        assert!(parse(b"<html>", PINNED).is_err());
+    fn a_well_formed_document_without_usable_keys_is_an_empty_set() {
+        for body in [
+            json!({"keys": []}),
+            json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}),
+            json!({"keys": [], "other": "members are ignored"}),
+        ] {
+            let keys = parse(body.to_string().as_bytes(), PINNED);
+            assert!(keys.is_ok_and(|keys| keys.is_empty()), "{body}");
+        }
+    }
+
+    #[test]
+    fn an_answer_that_is_not_an_object_with_a_keys_array_is_an_error() {
+        for body in [
+            &b"<html>"[..],
+            b"",
+            b"{\"keys\": [",
+            b"{}",
+            b"{\"keys\": null}",
+            b"{\"keys\": {}}",
+            b"{\"Keys\": []}",
+            b"[]",
+            b"[[]]",
+            b"\"keys\"",
+        ] {
+            let shown = String::from_utf8_lossy(body);
+            assert!(parse(body, PINNED).is_err(), "{shown}");
+        }
     }
 
     #[test]
@@ -346,5 +487,176 @@ mod tests {
         let pinned = [Algorithm::RS256, Algorithm::PS256];
         let keys = parse(json!({"keys": [key]}).to_string().as_bytes(), &pinned).unwrap();
         assert_eq!(keys[0].algorithms, [Algorithm::RS256]);
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A cache whose provider never answers (a closed port), with no refresher running.
+    fn unreachable_cache(clock: Clock, max_stale: Duration) -> Jwks {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", closed.local_addr().unwrap());
+        drop(closed);
+        Jwks {
+            url: reqwest::Url::parse(&url).unwrap(),
+            http: crate::outbound::client().unwrap(),
+            pinned: PINNED.to_vec(),
+            keys: RwLock::default(),
+            refresh: tokio::sync::Mutex::new(None),
+            ready: Arc::default(),
+            lost: Arc::default(),
+            clock,
+            interval: Duration::from_secs(300),
+            min_refresh: Duration::from_secs(30),
+            max_stale,
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    fn one_key() -> Vec<Arc<VerifyingKey>> {
+        parse(json!({"keys": [rsa("k")]}).to_string().as_bytes(), PINNED).unwrap()
+    }
+
+    /// Log lines written while `run` runs on this thread.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    async fn logs_of<T>(run: impl Future<Output = T>) -> (T, String) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let output = {
+            let _guard = tracing::subscriber::set_default(subscriber);
+            run.await
+        };
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        (output, text)
+    }
+
+    #[tokio::test]
+    async fn cached_keys_outlive_failed_fetches_until_max_stale_then_are_dropped() {
+        let clock = Clock::manual(UNIX_EPOCH + 1_000 * HOUR);
+        let jwks = unreachable_cache(clock.clone(), HOUR);
+        jwks.store(one_key(), clock.now());
+        assert!(jwks.ready.load(Ordering::SeqCst));
+
+        clock.advance(HOUR);
+        let (loaded, logs) = logs_of(jwks.fetch_and_store("scheduled")).await;
+        assert!(!loaded);
+        assert!(matches!(
+            jwks.lookup(Some("k"), Algorithm::RS256),
+            Lookup::Found(_)
+        ));
+        assert!(jwks.ready.load(Ordering::SeqCst), "still within max_stale");
+        assert!(
+            logs.contains("WARN") && logs.contains("stay in use"),
+            "{logs}"
+        );
+
+        clock.advance(Duration::from_secs(1));
+        let (loaded, logs) = logs_of(jwks.fetch_and_store("scheduled")).await;
+        assert!(!loaded);
+        assert!(matches!(
+            jwks.lookup(Some("k"), Algorithm::RS256),
+            Lookup::Empty
+        ));
+        assert!(!jwks.ready.load(Ordering::SeqCst), "readiness turns off");
+        assert!(
+            logs.contains("ERROR") && logs.contains("JWKS keys dropped"),
+            "{logs}"
+        );
+        assert!(logs.contains("since_last_good_fetch=1h 1s"), "{logs}");
+
+        // The next well-formed document brings keys and readiness back.
+        jwks.store(one_key(), clock.now());
+        assert!(jwks.ready.load(Ordering::SeqCst));
+        assert!(matches!(
+            jwks.lookup(Some("k"), Algorithm::RS256),
+            Lookup::Found(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn stale_keys_are_dropped_by_a_lookup_too_without_waiting_for_a_fetch() {
+        let clock = Clock::manual(UNIX_EPOCH + 1_000 * HOUR);
+        let jwks = unreachable_cache(clock.clone(), HOUR);
+        jwks.store(one_key(), clock.now());
+        clock.advance(2 * HOUR);
+        let (lookup, logs) = logs_of(async { jwks.lookup(Some("k"), Algorithm::RS256) }).await;
+        assert!(matches!(lookup, Lookup::Empty));
+        assert!(!jwks.ready.load(Ordering::SeqCst));
+        assert_eq!(logs.matches("JWKS keys dropped").count(), 1, "{logs}");
+        let (_, logs) = logs_of(async { jwks.lookup(Some("k"), Algorithm::RS256) }).await;
+        assert!(!logs.contains("dropped"), "said once:\n{logs}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_document_drops_the_keys_says_so_and_wakes_the_refresher() {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let idp = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": []})))
+            .mount(&idp)
+            .await;
+        let clock = Clock::manual(UNIX_EPOCH + 1_000 * HOUR);
+        let mut jwks = unreachable_cache(clock.clone(), HOUR);
+        jwks.url = reqwest::Url::parse(&format!("{}/jwks.json", idp.uri())).unwrap();
+        jwks.store(one_key(), clock.now());
+        let lost = jwks.lost.clone();
+        let woken = lost.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+
+        let (loaded, logs) = logs_of(jwks.fetch_and_store("scheduled")).await;
+        assert!(!loaded);
+        assert!(matches!(
+            jwks.lookup(Some("k"), Algorithm::RS256),
+            Lookup::Empty
+        ));
+        assert!(!jwks.ready.load(Ordering::SeqCst));
+        assert!(
+            logs.contains("ERROR") && logs.contains("no usable signing key"),
+            "{logs}"
+        );
+        tokio::time::timeout(Duration::from_secs(5), woken)
+            .await
+            .expect("the refresher is woken");
+    }
+
+    #[test]
+    fn staleness_counts_from_the_last_well_formed_document() {
+        let at = Instant::now();
+        let cached = Cached {
+            keys: Arc::new(one_key()),
+            fetched_at: Some(at),
+        };
+        assert_eq!(cached.stale_for(at + HOUR, HOUR), None, "exactly max_stale");
+        assert_eq!(
+            cached.stale_for(at + HOUR + Duration::from_secs(1), HOUR),
+            Some(HOUR + Duration::from_secs(1))
+        );
+        let empty = Cached {
+            fetched_at: Some(at),
+            ..Cached::default()
+        };
+        assert_eq!(
+            empty.stale_for(at + 10 * HOUR, HOUR),
+            None,
+            "nothing to drop"
+        );
+        assert_eq!(Cached::default().stale_for(at, HOUR), None, "never loaded");
     }
 }

@@ -1,5 +1,11 @@
 //! jwt mode: verifies a token's signature with the pinned algorithms and the key
-//! source (an HS256 shared secret or the JWKS), then `exp`, `nbf`, `iss` and `aud`.
+//! source (an HS256 shared secret or the JWKS), then `exp`, `nbf`, `iss`, `aud` and `sub`.
+//!
+//! `iss` and `sub` are checked here rather than by `jsonwebtoken`, which accepts an `iss`
+//! array when any member matches. RFC 7519 §4.1.1 makes `iss` one StringOrURI, so a
+//! token whose `iss` is not a JSON string is refused, and (a choice) it is refused even
+//! when no `auth.jwt.issuer` is configured: it is malformed either way, as Envoy holds,
+//! and setting an issuer later must not change which tokens are well-formed.
 
 use super::AuthError;
 use super::jwks::{self, Jwks, Lookup};
@@ -34,12 +40,24 @@ pub(super) struct JwtVerifier {
     clock: Clock,
 }
 
-/// The claims the proxy reads itself; `iss` and `aud` are checked by `jsonwebtoken`.
+/// The claims the proxy reads itself; `aud` is checked by `jsonwebtoken`. `iss` and `sub`
+/// are kept as raw JSON so that a wrong type gets its own refusal, and an explicit
+/// `null` is told apart from an absent claim.
 #[derive(Deserialize)]
 struct Claims {
-    sub: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    iss: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    sub: Option<serde_json::Value>,
     exp: Option<f64>,
     nbf: Option<f64>,
+}
+
+/// `Some` for any value that is there, `null` included; `None` (the default) when absent.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
 }
 
 impl JwtVerifier {
@@ -112,9 +130,8 @@ impl JwtVerifier {
             .map_err(|e| describe(e.kind()))?
             .claims;
         self.check_times(&claims)?;
-        claims.sub.filter(|s| !s.is_empty()).ok_or_else(|| {
-            AuthError::invalid("The token has no `sub` claim, which this proxy requires.")
-        })
+        self.check_issuer(claims.iss.as_ref())?;
+        subject(claims.sub)
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
@@ -122,11 +139,8 @@ impl JwtVerifier {
         // exp and nbf are checked in `check_times`, against the injected clock.
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        let mut required = vec!["exp", "sub"];
-        if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
-            required.push("iss");
-        }
+        // `iss` and `sub` are checked in `check_issuer` and `subject`, strictly typed.
+        let mut required = vec!["exp"];
         match &self.audience {
             Some(audience) => {
                 validation.set_audience(&[audience]);
@@ -168,6 +182,43 @@ impl JwtVerifier {
         }
         Ok(())
     }
+
+    /// `iss`, when present, must be one string; when an issuer is configured it must be
+    /// there and equal to it (RFC 7519 compares StringOrURI values as exact strings).
+    fn check_issuer(&self, iss: Option<&serde_json::Value>) -> Result<(), AuthError> {
+        let iss = match iss {
+            None => None,
+            Some(serde_json::Value::String(iss)) => Some(iss.as_str()),
+            Some(_) => {
+                return Err(AuthError::invalid(
+                    "The token's issuer claim (iss) must be a single string.",
+                ));
+            }
+        };
+        match (&self.issuer, iss) {
+            (None, _) => Ok(()),
+            (Some(_), None) => Err(AuthError::invalid(
+                "The token has no `iss` claim, which this proxy requires.",
+            )),
+            (Some(trusted), Some(iss)) if iss == trusted => Ok(()),
+            (Some(_), Some(_)) => Err(AuthError::invalid(
+                "The token's issuer (iss) is not the one this proxy trusts.",
+            )),
+        }
+    }
+}
+
+/// The subject: `sub` must be a non-empty string.
+fn subject(sub: Option<serde_json::Value>) -> Result<String, AuthError> {
+    match sub {
+        Some(serde_json::Value::String(sub)) if !sub.is_empty() => Ok(sub),
+        None | Some(serde_json::Value::String(_)) => Err(AuthError::invalid(
+            "The token has no `sub` claim, which this proxy requires.",
+        )),
+        Some(_) => Err(AuthError::invalid(
+            "The token's `sub` claim must be a string.",
+        )),
+    }
 }
 
 fn malformed() -> AuthError {
@@ -178,9 +229,6 @@ fn malformed() -> AuthError {
 fn describe(kind: &ErrorKind) -> AuthError {
     match kind {
         ErrorKind::InvalidSignature => AuthError::invalid("The token's signature does not verify."),
-        ErrorKind::InvalidIssuer => {
-            AuthError::invalid("The token's issuer (iss) is not the one this proxy trusts.")
-        }
         ErrorKind::InvalidAudience => {
             AuthError::invalid("The token's audience (aud) does not include this proxy's audience.")
         }
@@ -195,9 +243,85 @@ fn describe(kind: &ErrorKind) -> AuthError {
             AuthError::invalid("The token's algorithm does not match the signing key.")
         }
         ErrorKind::InvalidClaimFormat(_) | ErrorKind::Json(_) => AuthError::invalid(
-            "The token's claims are malformed (`exp`, `nbf` must be numbers, `sub` a string).",
+            "The token's claims are malformed: a JSON object is expected, with `exp` and `nbf` numbers, `iss` and `sub` strings.",
         ),
         ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => malformed(),
         _ => AuthError::invalid("The token is invalid."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::{Value, json};
+
+    const SECRET: &str = "unit-test-shared-secret-0123456789abcdef";
+
+    fn verifier(issuer: Option<&str>) -> JwtVerifier {
+        let config = JwtConfig {
+            secret: Secret::new(SECRET),
+            issuer: issuer.map(str::to_owned),
+            ..JwtConfig::default()
+        };
+        let key = KeySource::Secret(DecodingKey::from_secret(SECRET.as_bytes()));
+        let clock = Clock::manual(UNIX_EPOCH + Duration::from_secs(1_000));
+        JwtVerifier::new(&config, key, clock)
+    }
+
+    async fn verify(verifier: &JwtVerifier, iss: Option<Value>) -> Result<String, AuthError> {
+        let mut claims = json!({"sub": "user-1", "exp": 2_000});
+        if let Some(iss) = iss {
+            claims["iss"] = iss;
+        }
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap();
+        verifier.verify(&token).await
+    }
+
+    fn refusal(result: Result<String, AuthError>) -> String {
+        match result {
+            Err(AuthError::Invalid(message)) => message,
+            other => panic!("a 401 expected, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_configured_issuer_must_be_the_single_string_iss() {
+        let trusted = "https://idp.example.com/";
+        let verifier = verifier(Some(trusted));
+        assert_eq!(
+            verify(&verifier, Some(json!(trusted))).await.unwrap(),
+            "user-1"
+        );
+        for iss in [json!([trusted]), json!([trusted, trusted]), json!(null)] {
+            let message = refusal(verify(&verifier, Some(iss.clone())).await);
+            assert!(message.contains("single string"), "{iss}: {message}");
+        }
+        let message = refusal(verify(&verifier, Some(json!("https://IDP.example.com/"))).await);
+        assert!(message.contains("not the one"), "{message}");
+        let message = refusal(verify(&verifier, None).await);
+        assert!(message.contains("no `iss`"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn without_an_issuer_iss_is_optional_but_still_a_string() {
+        let verifier = verifier(None);
+        assert!(verify(&verifier, None).await.is_ok());
+        assert!(verify(&verifier, Some(json!("anyone"))).await.is_ok());
+        let message = refusal(verify(&verifier, Some(json!(["anyone"]))).await);
+        assert!(message.contains("single string"), "{message}");
+    }
+
+    #[test]
+    fn the_subject_is_a_non_empty_string() {
+        assert_eq!(subject(Some(json!("u"))).unwrap(), "u");
+        for sub in [None, Some(json!(""))] {
+            assert!(refusal(subject(sub)).contains("no `sub`"));
+        }
+        for sub in [json!(1), json!(["u"]), json!(null), json!({"id": "u"})] {
+            assert!(refusal(subject(Some(sub))).contains("must be a string"));
+        }
     }
 }

@@ -43,7 +43,8 @@ impl fmt::Display for Subject {
 pub enum AuthError {
     /// 401: missing or invalid credentials.
     Invalid(String),
-    /// 503: jwt mode with a JWKS that has never loaded; fail closed.
+    /// 503: jwt mode with no usable JWKS key (never loaded, none published, or dropped
+    /// past `auth.jwt.jwks_max_stale`); fail closed.
     KeysUnavailable,
 }
 
@@ -58,7 +59,7 @@ impl From<AuthError> for ApiError {
         match error {
             AuthError::Invalid(message) => ApiError::Unauthorized(message),
             AuthError::KeysUnavailable => ApiError::Unavailable {
-                reason: "The identity provider's signing keys are not loaded yet, so no token can be checked; try again shortly.".into(),
+                reason: "The identity provider's signing keys are not loaded, so no token can be checked; try again shortly.".into(),
                 retry_after: Duration::from_secs(5),
             },
         }
@@ -118,6 +119,7 @@ impl Authenticator {
                         jwt.algorithms(),
                         jwt.jwks_refresh,
                         jwt.jwks_min_refresh,
+                        jwt.jwks_max_stale,
                         readiness.dependency("jwks"),
                         clock.clone(),
                     )?),

@@ -578,4 +578,20 @@ mod tests {
         });
         assert_eq!(keys_of(&auth), ["auth.jwt.jwks_max_stale"]);
     }
+
+    #[test]
+    fn jwks_max_stale_outlasts_one_failed_refresh_and_at_most_a_week() {
+        let stale = |refresh: u64, max_stale: u64| {
+            jwt_config(|jwt| {
+                jwt.jwks_url = Some("https://idp.example.com/jwks".parse().unwrap());
+                jwt.jwks_refresh = Duration::from_secs(refresh);
+                jwt.jwks_max_stale = Duration::from_secs(max_stale);
+            })
+        };
+        let week = 7 * 86_400;
+        assert!(problems_of(&stale(300, 300)).is_empty());
+        assert!(problems_of(&stale(300, week)).is_empty());
+        assert_eq!(keys_of(&stale(300, 299)), ["auth.jwt.jwks_max_stale"]);
+        assert_eq!(keys_of(&stale(300, week + 1)), ["auth.jwt.jwks_max_stale"]);
+    }
 }

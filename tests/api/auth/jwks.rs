@@ -3,7 +3,7 @@
 
 use super::{
     JwksServer, TestKey, assert_unauthorized, claims, ec_key, ed_key, get_with_bearer, rsa_key,
-    wait_until_ready,
+    wait_until_jwks_not_ready, wait_until_ready,
 };
 use crate::helpers::{TestApp, error_code, spawn_app_with};
 use axum::http::HeaderMap;
@@ -69,6 +69,116 @@ async fn a_new_kid_after_key_rotation_is_accepted_without_restart() {
         accepted(&app, &new, "2025").await,
         "the new kid triggers a refresh"
     );
+}
+
+/// As [`app_for`], retrying at most a second apart while no key is loaded, so a test
+/// sees the recovery soon.
+async fn quick_retry_app_for(idp: &JwksServer) -> TestApp {
+    let url = idp.url.parse().expect("a loopback JWKS URL");
+    spawn_app_with(move |config| {
+        config.auth.mode = AuthMode::Jwt;
+        config.auth.jwt.jwks_url = Some(url);
+        config.auth.jwt.jwks_min_refresh = Duration::from_secs(1);
+    })
+    .await
+}
+
+/// A token naming a `kid` nobody published: the proxy refetches the JWKS at once (the
+/// first such fetch has no cooldown to wait for), so a test can trigger a refresh.
+async fn force_refresh(app: &TestApp, idp: &JwksServer, key: &TestKey) {
+    let before = idp.hits();
+    let response = get_with_bearer(app, &key.sign("never-published", &claims("u"))).await;
+    assert!(matches!(response.status().as_u16(), 401 | 503));
+    // More than one when the keys went: the refresher then wakes to retry soon.
+    assert!(idp.hits() > before, "the refresh was attempted");
+}
+
+async fn ready_status(app: &TestApp) -> u16 {
+    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn a_key_dropped_from_the_jwks_is_refused_after_the_next_refresh() {
+    let (kept, dropped) = (ec_key(), rsa_key());
+    let idp = JwksServer::start(vec![
+        kept.jwk_with_kid("kept"),
+        dropped.jwk_with_kid("dropped"),
+    ])
+    .await;
+    let app = app_for(&idp).await;
+    wait_until_ready(&app).await;
+    assert!(accepted(&app, &dropped, "dropped").await);
+
+    idp.publish(vec![kept.jwk_with_kid("kept")]);
+    force_refresh(&app, &idp, &kept).await;
+    let message =
+        assert_unauthorized(get_with_bearer(&app, &dropped.sign("dropped", &claims("u"))).await)
+            .await;
+    assert!(message.contains("not among"), "{message}");
+    assert!(accepted(&app, &kept, "kept").await);
+    assert_eq!(ready_status(&app).await, 200);
+}
+
+#[tokio::test]
+async fn an_empty_jwks_revokes_every_key_and_readiness_turns_503_until_keys_return() {
+    let key = rsa_key();
+    let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
+    let app = quick_retry_app_for(&idp).await;
+    wait_until_ready(&app).await;
+    assert!(accepted(&app, &key, "k").await);
+
+    // A well-formed answer is the provider's word on which keys exist, even when it
+    // names none: the token that worked a moment ago is refused, as when no keys ever
+    // loaded (503, fail closed), and the proxy reports itself not ready.
+    idp.publish(vec![]);
+    force_refresh(&app, &idp, &key).await;
+    let response = get_with_bearer(&app, &key.sign("k", &claims("u"))).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(error_code(response).await, "unavailable");
+    wait_until_jwks_not_ready(&app).await;
+
+    // The refresher retries soon on its own (nothing else would: a not-ready replica
+    // gets no traffic), and the keys come back.
+    idp.publish(vec![key.jwk_with_kid("k")]);
+    wait_until_ready(&app).await;
+    assert!(accepted(&app, &key, "k").await);
+}
+
+#[tokio::test]
+async fn a_jwks_with_no_usable_key_revokes_every_key_too() {
+    let key = ec_key();
+    let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
+    let app = quick_retry_app_for(&idp).await;
+    wait_until_ready(&app).await;
+
+    // Keys the proxy never uses (encryption, shared secret): the document is well-formed
+    // and holds no signing key this proxy accepts.
+    let mut encryption = key.jwk_with_kid("k");
+    encryption["use"] = serde_json::json!("enc");
+    idp.publish(vec![
+        encryption,
+        serde_json::json!({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}),
+    ]);
+    force_refresh(&app, &idp, &key).await;
+    let response = get_with_bearer(&app, &key.sign("k", &claims("u"))).await;
+    assert_eq!(response.status(), 503);
+    wait_until_jwks_not_ready(&app).await;
+}
+
+#[tokio::test]
+async fn a_malformed_jwks_answer_keeps_the_cached_keys() {
+    let key = ec_key();
+    let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
+    let app = app_for(&idp).await;
+    wait_until_ready(&app).await;
+
+    // A 200 whose JSON has no `keys` array is a failed fetch, not a statement that the
+    // keys are gone (the parser's unit tests cover the other malformed shapes).
+    idp.publish_document(serde_json::json!({"error": "temporarily unavailable"}));
+    force_refresh(&app, &idp, &key).await;
+    assert!(accepted(&app, &key, "k").await);
+    assert_eq!(ready_status(&app).await, 200);
 }
 
 // On worker threads, as the binary serves: the key cache and its single-flight refresh
@@ -207,4 +317,66 @@ async fn after_the_cooldown_an_unknown_kid_may_fetch_again() {
         "past the 30 s cooldown it refreshes"
     );
     assert_eq!(auth.jwks_fetches().unwrap(), after_first + 1);
+}
+
+#[tokio::test]
+async fn a_failing_jwks_keeps_the_keys_until_jwks_max_stale_then_readiness_turns_503() {
+    let key = ec_key();
+    let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
+    let mut config = AuthConfig {
+        mode: AuthMode::Jwt,
+        ..AuthConfig::default()
+    };
+    config.jwt.jwks_url = Some(idp.url.parse().unwrap());
+    config.jwt.jwks_min_refresh = Duration::from_secs(1);
+    config.jwt.jwks_max_stale = Duration::from_secs(3600);
+    let clock = Clock::manual(SystemTime::now());
+    let readiness = Readiness::default();
+    let http = orga_proxy::outbound::client().unwrap();
+    let auth =
+        Authenticator::new(&config, &readiness, clock.clone(), Default::default(), http).unwrap();
+    // The clock moves hours ahead: the token must outlive it.
+    let token_claims = serde_json::json!({"sub": "u", "exp": super::now() + 86_400});
+    let check = |kid: &str| {
+        let mut headers = HeaderMap::new();
+        let token = key.sign(kid, &token_claims);
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let auth = auth.clone();
+        async move { auth.authenticate(&headers, None).await }
+    };
+    let wait_for_readiness = |expected: &'static [&'static str]| {
+        let readiness = &readiness;
+        async move {
+            for _ in 0..6000 {
+                if readiness.problems() == expected {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("readiness never became {expected:?}");
+        }
+    };
+    wait_for_readiness(&[]).await;
+    assert!(check("k").await.is_ok());
+
+    // The provider fails; a refresh fails with it (an unknown kid forces one), and the
+    // cached key keeps working for as long as jwks_max_stale allows.
+    idp.set_failing(true);
+    clock.advance(Duration::from_secs(59 * 60));
+    let fetches = auth.jwks_fetches().unwrap();
+    assert!(matches!(check("unknown").await, Err(AuthError::Invalid(_))));
+    assert_eq!(auth.jwks_fetches().unwrap(), fetches + 1);
+    assert!(check("k").await.is_ok(), "59 min after the last good fetch");
+    assert!(readiness.problems().is_empty());
+
+    // Past it the keys are dropped: the token is refused as when no keys ever loaded,
+    // and readiness is 503.
+    clock.advance(Duration::from_secs(2 * 60));
+    assert_eq!(check("k").await, Err(AuthError::KeysUnavailable));
+    assert_eq!(readiness.problems(), ["jwks"]);
+
+    // The provider answers again: the refresher's next fetch restores both.
+    idp.set_failing(false);
+    wait_for_readiness(&[]).await;
+    assert!(check("k").await.is_ok());
 }

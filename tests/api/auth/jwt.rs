@@ -93,10 +93,87 @@ async fn a_token_from_another_issuer_is_refused() {
             .await;
     assert!(message.contains("issuer"), "{message}");
 
+    let missing = claims("u");
+    let message =
+        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &missing)).await)
+            .await;
+    assert!(message.contains("no `iss` claim"), "{message}");
+
     let mut right = claims("u");
     right["iss"] = json!("https://idp.example.com/");
     let response = get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &right)).await;
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn an_issuer_array_is_refused_even_when_it_holds_the_trusted_issuer() {
+    let app = spawn_app_with(|config| {
+        jwt_secret_config(config);
+        config.auth.jwt.issuer = Some("https://idp.example.com/".into());
+    })
+    .await;
+    // jsonwebtoken alone accepts an array with any matching member; RFC 7519 makes
+    // `iss` one StringOrURI, and Envoy refuses the array too.
+    for iss in [
+        json!(["https://idp.example.com/"]),
+        json!(["https://evil.example.com/", "https://idp.example.com/"]),
+        json!({"iss": "https://idp.example.com/"}),
+        json!(null),
+        json!(7),
+    ] {
+        let mut token_claims = claims("u");
+        token_claims["iss"] = iss.clone();
+        let token = hs256(HS_SECRET.as_bytes(), &token_claims);
+        let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+        assert!(message.contains("single string"), "{iss}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn an_issuer_that_is_not_a_string_is_refused_even_when_no_issuer_is_configured() {
+    let app = app().await;
+    let mut token_claims = claims("u");
+    token_claims["iss"] = json!(["https://idp.example.com/"]);
+    let token = hs256(HS_SECRET.as_bytes(), &token_claims);
+    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    assert!(message.contains("single string"), "{message}");
+
+    // Any single string is fine when none is required.
+    token_claims["iss"] = json!("https://anyone.example.com/");
+    let token = hs256(HS_SECRET.as_bytes(), &token_claims);
+    assert_eq!(get_with_bearer(&app, &token).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_sub_that_is_not_a_non_empty_string_is_refused() {
+    let app = app().await;
+    // Arrays and objects already fail jsonwebtoken's own parse, with its general message.
+    for sub in [
+        json!(42),
+        json!(null),
+        json!(["user-1"]),
+        json!({"id": "user-1"}),
+    ] {
+        let mut token_claims = claims("u");
+        token_claims["sub"] = sub.clone();
+        let token = hs256(HS_SECRET.as_bytes(), &token_claims);
+        let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+        assert!(
+            message.contains("`sub`") && message.contains("string"),
+            "{sub}: {message}"
+        );
+    }
+    let mut empty = claims("u");
+    empty["sub"] = json!("");
+    let message =
+        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &empty)).await)
+            .await;
+    assert!(message.contains("no `sub` claim"), "{message}");
+    let no_sub = json!({"exp": now() + 600});
+    let message =
+        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &no_sub)).await)
+            .await;
+    assert!(message.contains("no `sub` claim"), "{message}");
 }
 
 #[tokio::test]

@@ -168,6 +168,20 @@ pub async fn wait_until_ready(app: &TestApp) {
     panic!("the proxy never became ready");
 }
 
+/// Polls `/readyz` until it answers 503 naming `jwks`; panics after a generous deadline.
+pub async fn wait_until_jwks_not_ready(app: &TestApp) {
+    for _ in 0..6000 {
+        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        if response.status() == 503 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["reasons"], json!(["jwks"]), "{body}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("readiness never turned 503");
+}
+
 /// A local identity provider's JWKS endpoint whose document and health tests control.
 #[derive(Clone)]
 pub struct JwksServer {
@@ -203,6 +217,11 @@ impl JwksServer {
     /// Replaces the published keys (a rotation).
     pub fn publish(&self, keys: Vec<Value>) {
         *self.state.document.write().unwrap() = json!({ "keys": keys });
+    }
+
+    /// Serves `document` as it is, JWKS or not (a malformed answer).
+    pub fn publish_document(&self, document: Value) {
+        *self.state.document.write().unwrap() = document;
     }
 
     /// From now on, answer 500 (or recover).
