@@ -24,6 +24,7 @@
 //! least every `jwks_min_refresh`, so readiness turns 503 within that of the deadline.
 
 use crate::clock::Clock;
+use crate::config::JwtConfig;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,18 +102,12 @@ pub(super) struct Jwks {
 }
 
 impl Jwks {
-    /// Builds the cache (empty) and starts its refresh task on the current Tokio runtime.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site passes settings and handles it already holds; a struct would only rename them"
-    )]
+    /// Builds the cache (empty) for `url` with the timings of `config`, and starts its
+    /// refresh task on the current Tokio runtime.
     pub fn start(
         url: reqwest::Url,
+        config: &JwtConfig,
         http: reqwest::Client,
-        pinned: Vec<Algorithm>,
-        interval: Duration,
-        min_refresh: Duration,
-        max_stale: Duration,
         ready: Arc<AtomicBool>,
         clock: Clock,
     ) -> Result<Arc<Self>, String> {
@@ -121,15 +116,15 @@ impl Jwks {
         let jwks = Arc::new(Self {
             url,
             http,
-            pinned,
+            pinned: config.algorithms(),
             keys: RwLock::default(),
             refresh: tokio::sync::Mutex::new(None),
             ready,
             lost: Arc::default(),
             clock,
-            interval,
-            min_refresh,
-            max_stale,
+            interval: config.jwks_refresh,
+            min_refresh: config.jwks_min_refresh,
+            max_stale: config.jwks_max_stale,
             fetches: AtomicU64::new(0),
         });
         runtime.spawn(refresher(Arc::downgrade(&jwks)));

@@ -115,11 +115,8 @@ impl Authenticator {
                 let keys = match &jwt.jwks_url {
                     Some(url) => KeySource::Jwks(jwks::Jwks::start(
                         url.0.clone(),
+                        jwt,
                         http,
-                        jwt.algorithms(),
-                        jwt.jwks_refresh,
-                        jwt.jwks_min_refresh,
-                        jwt.jwks_max_stale,
                         readiness.dependency("jwks"),
                         clock.clone(),
                     )?),
