@@ -28,7 +28,7 @@ pub use orga::{BaseUrl, Email, OrgaConfig};
 pub use parse::duration::parse as parse_duration;
 pub use pool::PoolConfig;
 pub use rate_limit::{Backend, PerSubjectConfig, RateLimitConfig, RedisFailure, TrustedProxies};
-pub use redis::{RedisConfig, RedisUrl};
+pub use redis::{CaFile, RedisConfig, RedisUrl};
 pub use server::{LogConfig, LogFormat, ServerConfig};
 
 use serde::{Deserialize, Serialize};

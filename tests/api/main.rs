@@ -15,6 +15,7 @@ mod mock_upstream;
 mod pool;
 mod ratelimit;
 mod ratelimit_redis;
+mod redis_connection;
 mod resilience;
 mod serving;
 mod upstream_errors;

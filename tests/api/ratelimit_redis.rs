@@ -7,14 +7,33 @@ use crate::helpers::{TestApp, error_code, spawn_app_with};
 use orga_proxy::config::{Backend, Config, RedisFailure};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A `redis-server` child process, killed on drop.
-struct RedisServer {
+pub(crate) struct RedisServer {
     child: Child,
     port: u16,
+    /// Serving TLS only (`rediss://`).
+    tls: bool,
+}
+
+/// How a test's `redis-server` listens.
+#[derive(Clone, Copy)]
+pub(crate) enum Listen<'a> {
+    /// Plain TCP (`redis://`).
+    Plain,
+    /// TLS only (`--port 0`), with this certificate and key; clients are not asked
+    /// for a certificate.
+    Tls {
+        /// PEM certificate chain the server presents.
+        cert: &'a Path,
+        /// Its PEM private key.
+        key: &'a Path,
+        /// PEM CA file (redis-server wants one even when clients send no certificate).
+        ca: &'a Path,
+    },
 }
 
 impl RedisServer {
@@ -25,31 +44,70 @@ impl RedisServer {
     }
 
     fn start_on(binary: &PathBuf, port: u16) -> Self {
-        let child = Command::new(binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        Self::spawn(binary, port, Listen::Plain, &[])
+    }
+
+    /// Starts one that listens as `listen` says, with `extra` arguments (such as
+    /// `--requirepass`), or explains why not (`None`: skipped).
+    pub(crate) fn start_with(test: &str, listen: Listen, extra: &[&str]) -> Option<Self> {
+        let binary = redis_server_binary(test)?;
+        Some(Self::spawn(&binary, free_port(), listen, extra))
+    }
+
+    fn spawn(binary: &PathBuf, port: u16, listen: Listen, extra: &[&str]) -> Self {
+        let port_text = port.to_string();
+        let mut command = Command::new(binary);
+        match listen {
+            Listen::Plain => command.args(["--port", &port_text]),
+            Listen::Tls { cert, key, ca } => command
+                .args(["--port", "0", "--tls-port", &port_text])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("redis-server starts");
-        let server = Self { child, port };
+        let tls = matches!(listen, Listen::Tls { .. });
+        let server = Self { child, port, tls };
         server.wait_until_answering();
         server
     }
 
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+    /// `redis://` or `rediss://` (as it listens) on 127.0.0.1, database 0.
+    pub(crate) fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
+    /// [`RedisServer::url`] with a password.
+    pub(crate) fn url_with_password(&self, password: &str) -> String {
+        self.url().replacen("://", &format!("://:{password}@"), 1)
+    }
+
+    /// Waits until the server answers a plain `PING` (an error such as `NOAUTH` counts:
+    /// it is up), or, serving TLS, until it accepts connections.
     fn wait_until_answering(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                if self.tls {
+                    return;
+                }
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                let mut reply = [0u8; 7];
+                let mut reply = [0u8; 1];
                 if stream.write_all(b"PING\r\n").is_ok()
                     && stream.read_exact(&mut reply).is_ok()
-                    && &reply == b"+PONG\r\n"
+                    && matches!(&reply, b"+" | b"-")
                 {
                     return;
                 }
@@ -83,7 +141,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn redis_backend(url: &str, failure: RedisFailure) -> impl FnOnce(&mut Config) {
+pub(crate) fn redis_backend(url: &str, failure: RedisFailure) -> impl FnOnce(&mut Config) {
     let url = url.to_owned();
     move |config| {
         config.redis.url = Some(url.parse().expect("a redis:// URL"));
@@ -97,7 +155,7 @@ fn redis_backend(url: &str, failure: RedisFailure) -> impl FnOnce(&mut Config) {
     }
 }
 
-async fn ready(app: &TestApp) -> (u16, serde_json::Value) {
+pub(crate) async fn ready(app: &TestApp) -> (u16, serde_json::Value) {
     let response = app.client.get(app.url("/readyz")).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
@@ -105,7 +163,7 @@ async fn ready(app: &TestApp) -> (u16, serde_json::Value) {
 
 /// Polls `/readyz` until it answers `want` (the pinger runs every second while
 /// Redis fails), for at most 15 s.
-async fn wait_for_readiness(app: &TestApp, want: u16) {
+pub(crate) async fn wait_for_readiness(app: &TestApp, want: u16) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (status, body) = ready(app).await;
@@ -117,7 +175,7 @@ async fn wait_for_readiness(app: &TestApp, want: u16) {
     }
 }
 
-fn remaining(response: &reqwest::Response) -> &str {
+pub(crate) fn remaining(response: &reqwest::Response) -> &str {
     response.headers()["ratelimit-remaining"].to_str().unwrap()
 }
 
