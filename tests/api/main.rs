@@ -15,6 +15,8 @@ mod mock_upstream;
 mod pool;
 mod ratelimit;
 mod ratelimit_redis;
+mod redis_server;
+mod relay;
 mod resilience;
 mod serving;
 mod upstream_errors;
