@@ -1,7 +1,8 @@
 //! The Redis connection replicas share state through (`[redis]`): rate-limit budgets
 //! with `rate_limit.backend = "redis"`, relay token bindings, and whatever else needs
-//! one view across replicas. Every call has a deadline (`redis.timeout`); a pinger tracks health, and
-//! `rate_limit.redis_failure` decides what a failing Redis means for readiness.
+//! one view across replicas. Every call has a deadline (`redis.timeout`); a pinger
+//! tracks health, and `rate_limit.redis_failure` decides what a failing Redis means for
+//! readiness.
 
 use crate::config::{Backend, Config, RedisFailure};
 use crate::readiness::Readiness;

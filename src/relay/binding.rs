@@ -253,11 +253,15 @@ pub struct MemoryBindings {
     clock: Clock,
 }
 
+/// The memory table's state, behind its lock.
 struct Table {
+    /// One record per issued token, by fingerprint.
     records: HashMap<Fingerprint, Record>,
+    /// When expired records are next swept out.
     next_sweep: SystemTime,
 }
 
+/// One issued token's binding.
 struct Record {
     /// Who the token was issued to, when auth identified them.
     subject: Option<Arc<str>>,

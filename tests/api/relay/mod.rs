@@ -27,7 +27,9 @@ pub const CHROMIUM_OFFER: &str =
 /// Mints a distinct token per client-secrets call, expiring `expires_in` seconds after
 /// the wall clock's now when set (no `expires_at` otherwise).
 struct Minter {
+    /// The number in the next token's name.
     next: AtomicU64,
+    /// Seconds from now to the `expires_at` given; none when `None`.
     expires_in: Option<u64>,
 }
 

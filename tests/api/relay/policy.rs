@@ -9,10 +9,15 @@ use orga_proxy::config::{
 
 /// One policy key: how to set it, a client value outside it, and what `override` sends.
 struct Case {
+    /// The `params` field.
     param: &'static str,
+    /// Sets the policy key.
     set: fn(&mut PolicyConfig),
+    /// A value the client sends that the policy does not allow.
     outside: Value,
+    /// What `override` sends instead.
     overridden: Value,
+    /// How the 403 lists what is allowed.
     allowed: &'static str,
 }
 
