@@ -37,8 +37,9 @@ pub enum Command {
     /// Run the proxy (the default).
     Serve,
     /// Run the proxy on an embedded fake Orga Cloud: no API key needed, CORS open to
-    /// http://localhost:* and http://127.0.0.1:*, listening on 127.0.0.1 only. The
-    /// credentials it hands out are fake. For frontend work offline.
+    /// http://localhost:* and http://127.0.0.1:*, listening on 127.0.0.1 only, with the
+    /// call-start relay on (point the SDK's baseUrl at the proxy). The credentials it
+    /// hands out are fake. For frontend work offline.
     Dev,
     /// Run only the fake Orga Cloud (client-secrets, ice-config and calls), for tests,
     /// benchmarks and docker compose.
@@ -220,6 +221,8 @@ async fn dev(mut config: Config) -> ExitCode {
     config.orga.base_url = base_url;
     config.orga.api_key = Secret::new(format!("{}dev_fake", mock::API_KEY_PREFIX));
     config.cors.allowed_origins = config.cors.allowed_origins.with_local_development();
+    // The SDK's whole call start runs offline with `baseUrl` set to the proxy.
+    config.relay.enabled = true;
     config.server.listen.set_ip([127, 0, 0, 1].into());
     if let Some(metrics) = &mut config.server.metrics_listen {
         metrics.set_ip([127, 0, 0, 1].into());
@@ -232,7 +235,7 @@ async fn dev(mut config: Config) -> ExitCode {
     let addr = local_addr(&listener);
     tracing::warn!(listen = %addr, credentials_path = %config.server.credentials_path, "{banner}");
     eprintln!(
-        "\n  *** {banner} ***\n  credentials: http://{addr}{}\n",
+        "\n  *** {banner} ***\n  credentials: http://{addr}{}\n  call start (the SDK's baseUrl): http://{addr}\n",
         config.server.credentials_path
     );
     finish(crate::run_with_metrics(Arc::new(config), listener, metrics, shutdown_signal()).await)

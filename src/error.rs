@@ -15,6 +15,9 @@ pub enum ApiError {
     BadRequest(String),
     /// 401: missing or invalid caller credentials.
     Unauthorized(String),
+    /// 403: the relay's session policy refuses a parameter; the message names it and
+    /// what is allowed.
+    SessionParamNotAllowed(String),
     /// 404: no such route.
     NotFound,
     /// 405: the route exists, the method does not.
@@ -60,6 +63,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::SessionParamNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -79,6 +83,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
+            Self::SessionParamNotAllowed(_) => "session_param_not_allowed",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
@@ -109,7 +114,9 @@ impl ApiError {
 
     fn message(&self) -> String {
         match self {
-            Self::BadRequest(m) | Self::Unauthorized(m) => m.clone(),
+            Self::BadRequest(m) | Self::Unauthorized(m) | Self::SessionParamNotAllowed(m) => {
+                m.clone()
+            }
             Self::NotFound => "No route matches this path.".into(),
             Self::MethodNotAllowed => "This route does not accept this method.".into(),
             Self::PayloadTooLarge => "The request body is larger than this service accepts.".into(),

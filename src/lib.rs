@@ -9,6 +9,7 @@
 //! - [`ratelimit`]: per-client and per-subject budgets (memory or Redis).
 //! - [`auth`]: who may call the billable routes (none, API keys, JWT with a JWKS cache).
 //! - [`pool`]: credentials minted ahead of demand (opt-in).
+//! - [`relay`]: the call-start relay, its session policy and token binding (opt-in).
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
 //! - [`store`]: the Redis connection replicas share state through.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
@@ -30,6 +31,7 @@ pub mod outbound;
 pub mod pool;
 pub mod ratelimit;
 pub mod readiness;
+pub mod relay;
 pub mod secret;
 pub mod state;
 pub mod store;
@@ -85,6 +87,10 @@ pub fn app_with_clock(
     let redis = store::RedisConnection::from_config(&config, &readiness)?;
     let authenticator =
         auth::Authenticator::new(&config.auth, &readiness, clock.clone(), cors.clone(), http)?;
+    let relay = config
+        .relay
+        .enabled
+        .then(|| relay::Relay::new(&config, redis.clone(), clock.clone()));
     let rate_limit = ratelimit::RateLimit::new(
         &config.rate_limit,
         redis.as_ref(),
@@ -100,6 +106,7 @@ pub fn app_with_clock(
         rate_limit,
         authenticator,
         pool,
+        relay,
         clock,
     });
     Ok((http::router(state.clone()), state))

@@ -50,6 +50,17 @@ pub const POOL_HITS: &str = "orga_proxy_pool_hits_total";
 pub const POOL_MISSES: &str = "orga_proxy_pool_misses_total";
 /// Prefetch pool: credentials discarded unused at `pool.max_age`.
 pub const POOL_DISCARDS: &str = "orga_proxy_pool_discards_total";
+/// Relay (`crate::relay`): call starts answered, by `outcome` (`ok` or the error code).
+pub const RELAY_CALLS: &str = "orga_proxy_relay_calls_total";
+/// Relay: parameters outside the session policy, by `parameter` and `action`
+/// (`refused` or `overridden`).
+pub const RELAY_POLICY_VIOLATIONS: &str = "orga_proxy_relay_policy_violations_total";
+/// Relay: tokens refused by binding, by `reason` (`unknown` or `already_used`).
+pub const RELAY_TOKEN_REFUSALS: &str = "orga_proxy_relay_token_refusals_total";
+/// Relay: tokens bound in this process's memory now (0 with Redis).
+pub const RELAY_BOUND_TOKENS: &str = "orga_proxy_relay_bound_tokens";
+/// Relay: credentials refused because the binding table was full.
+pub const RELAY_BINDING_FULL: &str = "orga_proxy_relay_binding_full_total";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "orga_proxy_build_info";
 
@@ -138,6 +149,26 @@ fn describe() {
         POOL_DISCARDS,
         "Prefetched credentials discarded unused at pool.max_age."
     );
+    describe_counter!(
+        RELAY_CALLS,
+        "Relayed call starts answered, by outcome (ok or the error code)."
+    );
+    describe_counter!(
+        RELAY_POLICY_VIOLATIONS,
+        "Call-start parameters outside the session policy, by parameter and action."
+    );
+    describe_counter!(
+        RELAY_TOKEN_REFUSALS,
+        "Call starts refused for their token's binding, by reason."
+    );
+    describe_gauge!(
+        RELAY_BOUND_TOKENS,
+        "Issued tokens bound in this process's memory, awaiting their call or expiry."
+    );
+    describe_counter!(
+        RELAY_BINDING_FULL,
+        "Credentials refused because the token binding table was full."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 
     // Series without labels exist from the start, so alerts and rate() see a 0
@@ -149,11 +180,13 @@ fn describe() {
         CREDENTIALS_ISSUED,
         CIRCUIT_OPENED,
         CIRCUIT_REJECTED,
+        RELAY_BINDING_FULL,
     ] {
         metrics::counter!(name).absolute(0);
     }
     metrics::gauge!(HTTP_IN_FLIGHT).set(0.0);
     metrics::gauge!(CIRCUIT_STATE).set(0.0);
+    metrics::gauge!(RELAY_BOUND_TOKENS).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 

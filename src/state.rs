@@ -7,6 +7,7 @@ use crate::orga::OrgaClient;
 use crate::pool::CredentialPool;
 use crate::ratelimit::RateLimit;
 use crate::readiness::Readiness;
+use crate::relay::Relay;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -32,6 +33,8 @@ pub struct Shared {
     pub authenticator: Authenticator,
     /// Credentials minted ahead of demand, when `pool.enabled`.
     pub pool: Option<CredentialPool>,
+    /// The call-start relay, when `relay.enabled`.
+    pub relay: Option<Relay>,
     /// The `server.concurrency_limit` budget, shared by the billable routes.
     pub concurrency: Arc<Semaphore>,
     /// The time source of every component.

@@ -1,7 +1,8 @@
 //! The Redis connection replicas share state through (`[redis]`): rate-limit budgets
-//! with `rate_limit.backend = "redis"`, and whatever else needs one view across
-//! replicas. Every call has a deadline (`redis.timeout`); a pinger tracks health, and
-//! `rate_limit.redis_failure` decides what a failing Redis means for readiness.
+//! with `rate_limit.backend = "redis"`, relay token bindings, and whatever else needs
+//! one view across replicas. Every call has a deadline (`redis.timeout`); a pinger
+//! tracks health, and `rate_limit.redis_failure` decides what a failing Redis means for
+//! readiness.
 
 use crate::config::{Backend, CaFile, Config, RedisFailure, RedisUrl};
 use crate::readiness::Readiness;
@@ -68,15 +69,17 @@ impl RedisConnection {
         Ok(connection)
     }
 
-    /// Connects to `[redis]` when something needs it (today: rate limits with
-    /// `rate_limit.backend = "redis"`), registering the `redis` readiness dependency.
+    /// Connects to `[redis]` when something needs it (rate limits with
+    /// `rate_limit.backend = "redis"`; relay token binding whenever `redis.url` is set),
+    /// registering the `redis` readiness dependency.
     pub fn from_config(
         config: &Config,
         readiness: &Readiness,
     ) -> Result<Option<Arc<Self>>, String> {
         let rate_limit = &config.rate_limit;
         let needed = rate_limit.enabled && rate_limit.backend == Backend::Redis;
-        match (&config.redis.url, needed) {
+        let binding = config.relay.enabled && config.relay.bind_tokens;
+        match (&config.redis.url, needed || binding) {
             (Some(url), true) => Self::start(
                 client(url, config.redis.tls_ca_file.as_ref())?,
                 config.redis.timeout,
@@ -84,8 +87,10 @@ impl RedisConnection {
                 readiness.dependency("redis"),
             )
             .map(Some),
-            (None, true) => Err("redis.url is required with rate_limit.backend = \"redis\"".into()),
-            (_, false) => Ok(None),
+            (None, _) if needed => {
+                Err("redis.url is required with rate_limit.backend = \"redis\"".into())
+            }
+            _ => Ok(None),
         }
     }
 

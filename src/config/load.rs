@@ -194,6 +194,7 @@ fn extract(
         auth: section(&figment, "auth", problems),
         redis: section(&figment, "redis", problems),
         pool: section(&figment, "pool", problems),
+        relay: section(&figment, "relay", problems),
         log: section(&figment, "log", problems),
     };
     if mode == Mode::Serve && !is_set(&figment, "orga.api_key") {

@@ -15,6 +15,7 @@ pub mod parse;
 mod pool;
 mod rate_limit;
 mod redis;
+mod relay;
 mod server;
 mod validate;
 
@@ -29,6 +30,10 @@ pub use parse::duration::parse as parse_duration;
 pub use pool::PoolConfig;
 pub use rate_limit::{Backend, PerSubjectConfig, RateLimitConfig, RedisFailure, TrustedProxies};
 pub use redis::{CaFile, RedisConfig, RedisUrl};
+pub use relay::{
+    Instructions, InstructionsFile, Modalities, Modality, OnViolation, PolicyConfig, RelayConfig,
+    TemperatureRange,
+};
 pub use server::{LogConfig, LogFormat, ServerConfig};
 
 use serde::{Deserialize, Serialize};
@@ -53,6 +58,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// The opt-in prefetch pool.
     pub pool: PoolConfig,
+    /// The opt-in relay of the SDK's call start, and its session policy.
+    pub relay: RelayConfig,
     /// Log output.
     pub log: LogConfig,
 }
@@ -72,6 +79,7 @@ impl Config {
         self.auth.check(&mut problems);
         self.redis.check(&mut problems);
         self.pool.check(&mut problems);
+        self.relay.check(&mut problems);
         self.log.check(&mut problems);
         validate::across_sections(self, &mut problems);
         problems.0

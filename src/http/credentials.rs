@@ -1,18 +1,26 @@
 //! The credentials route: a fresh ephemeral token and its ICE servers on every call.
 
+use crate::auth::Subject;
 use crate::error::ApiError;
 use crate::metrics::CREDENTIALS_ISSUED;
 use crate::orga::SessionCredentials;
 use crate::state::AppState;
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use std::time::Instant;
 
 /// `GET` / `POST {server.credentials_path}`. Never cached, never shared: each call
-/// takes a credential from the prefetch pool (handed out once) or mints its own.
-pub async fn credentials(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// takes a credential from the prefetch pool (handed out once) or mints its own. With
+/// the relay's token binding, the token is recorded for `subject` before it is answered.
+pub async fn credentials(
+    State(state): State<AppState>,
+    subject: Option<Extension<Subject>>,
+) -> Result<Response, ApiError> {
+    if let Some(relay) = &state.relay {
+        relay.ensure_room()?;
+    }
     let credentials = match state.pool.as_ref().and_then(|pool| pool.take()) {
         Some(credentials) => {
             crate::telemetry::note_pool_hit();
@@ -28,6 +36,10 @@ pub async fn credentials(State(state): State<AppState>) -> Result<Response, ApiE
                 .map_err(|error| ApiError::from(&error))?
         }
     };
+    if let Some(relay) = &state.relay {
+        let subject = subject.as_ref().map(|Extension(s)| s.as_str());
+        relay.bind_issued(&credentials, subject).await?;
+    }
     metrics::counter!(CREDENTIALS_ISSUED).increment(1);
     Ok(respond(credentials))
 }

@@ -8,6 +8,7 @@ pub mod gate;
 mod health;
 pub mod limits;
 mod observe;
+mod relay;
 pub mod request_id;
 pub mod server;
 mod trace;
@@ -20,7 +21,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, Route, get};
+use axum::routing::{MethodRouter, Route, get, post};
 use request_id::RandomRequestId;
 use std::convert::Infallible;
 use tower::ServiceBuilder;
@@ -42,7 +43,8 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 /// The service's own routes add, outermost first: CORS ([`cors`]), the body limit and
 /// the request deadline; then, on the billable methods only, the gate ([`gate`]): the
 /// client's rate limit, authentication, the subject's rate limit, and load shedding.
-/// Health and readiness never reach the gate, nor do CORS preflights.
+/// Health and readiness never reach the gate, nor do CORS preflights. With
+/// `relay.enabled`, the call start has a gate of its own ([`relay_gate`]).
 pub fn router(state: AppState) -> Router {
     let edge = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([
@@ -62,16 +64,25 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), drain::cut_at_deadline))
         .layer(from_fn(limits::edge));
 
-    Router::new()
-        .route(
-            &state.config.server.credentials_path,
-            own_route(
-                &state,
-                credentials_methods(&state),
-                "GET, POST",
-                MAX_BODY_BYTES,
-            ),
-        )
+    let mut routes = Router::new().route(
+        &state.config.server.credentials_path,
+        own_route(
+            &state,
+            credentials_methods(&state),
+            "GET, POST",
+            MAX_BODY_BYTES,
+        ),
+    );
+    if state.relay.is_some() {
+        let methods = post(relay::start_call)
+            .fallback(|| async { not_allowed("POST") })
+            .route_layer(relay_gate(&state));
+        routes = routes.route(
+            crate::relay::PATH,
+            own_route(&state, methods, "POST", crate::relay::MAX_BODY_BYTES),
+        );
+    }
+    routes
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::NotFound })
@@ -105,6 +116,23 @@ pub fn billable_gate(state: &AppState) -> Gate {
             .layer(GlobalConcurrencyLimitLayer::with_semaphore(
                 state.concurrency.clone(),
             )),
+    )
+}
+
+/// The call start's gate, outermost first: the client's rate limit, load shedding, then
+/// the token's binding ([`relay::redeem_token`]). No `authenticate`: the Bearer here is
+/// the ephemeral token, not a caller credential. Shedding comes before the token is
+/// spent, so a shed caller can retry with the same token.
+pub fn relay_gate(state: &AppState) -> Gate {
+    BoxCloneSyncServiceLayer::new(
+        ServiceBuilder::new()
+            .layer(from_fn_with_state(state.clone(), gate::limit_client))
+            .layer(HandleErrorLayer::new(gate::overloaded))
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                state.concurrency.clone(),
+            ))
+            .layer(from_fn_with_state(state.clone(), relay::redeem_token)),
     )
 }
 

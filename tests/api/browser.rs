@@ -1,7 +1,8 @@
 //! The proxy as browsers see it: headless Chromium (Debian's, through chromedriver)
 //! loads `examples/browser/index.html` from one origin and fetches credentials from the
 //! proxy on another, then builds an `RTCPeerConnection` from them and, given a call base
-//! URL, runs the SDK's call start against the fake Orga Cloud on a third.
+//! URL, runs the SDK's call start against the fake Orga Cloud on a third, or through the
+//! proxy's relay.
 //!
 //! Needs `chromium` and `chromium-driver`. CI installs them; elsewhere, without them, each
 //! test prints a loud SKIPPED line (and fails when CI=true).
@@ -135,7 +136,9 @@ pub struct Example<'a> {
     pub token: Option<&'a str>,
     /// Send cookies (`credentials: 'include'`).
     pub cookies: bool,
-    /// The SDK's `baseUrl`: where the page starts the call; `None` stops after the offer.
+    /// The SDK's `baseUrl`: where the page starts the call; `None` stops after the offer
+    /// (sent as an empty `baseUrl`, which the page would otherwise default to the
+    /// credentials URL's origin).
     pub base_url: Option<&'a str>,
 }
 
@@ -148,10 +151,16 @@ pub async fn run_example(browser: &Browser, page_url: &str, example: Example<'_>
     if example.cookies {
         url.push_str("&cookies=1");
     }
-    if let Some(base_url) = example.base_url {
-        url.push_str(&format!("&baseUrl={}", encode(base_url)));
-    }
+    url.push_str(&format!(
+        "&baseUrl={}",
+        encode(example.base_url.unwrap_or(""))
+    ));
     browser.client.goto(&url).await.expect("page loads");
+    wait_for_result(browser).await
+}
+
+/// Waits for the page's result object.
+pub async fn wait_for_result(browser: &Browser) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let result = browser
@@ -475,4 +484,81 @@ async fn a_call_refused_by_the_fake_is_readable_by_the_page() {
         result["body"]["error"]["message"], "Invalid ephemeral token",
         "{result}"
     );
+}
+
+/// The page's origin allowed, the relay on, against the embedded fake; the policy allows
+/// the page's non-ASCII voice, so the name survives the trip as exact UTF-8.
+async fn relaying_app(page: SocketAddr) -> TestApp {
+    spawn_app_with(move |c| {
+        c.cors.allowed_origins = origins(&[&format!("http://{page}")]);
+        c.relay.enabled = true;
+        c.relay.policy.voices = vec!["Victoria".into(), "Sofía".into()];
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_example_page_starts_its_call_through_the_proxys_relay_and_chromium_accepts_the_answer()
+{
+    let Some(browser) = browser("the_example_page_starts_its_call_through_the_relay").await else {
+        return;
+    };
+    let page = serve_page(Router::new()).await;
+    let app = relaying_app(page).await;
+    let proxy = format!("http://{}", app.addr);
+    let result = run_example(
+        &browser,
+        &format!("http://{page}"),
+        Example {
+            endpoint: &app.url(&app.credentials_path),
+            base_url: Some(&proxy),
+            ..Example::default()
+        },
+    )
+    .await;
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["signalingState"], "stable", "{result}");
+    assert!(
+        result["conversationId"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("conv_")),
+        "{result}"
+    );
+    assert!(result["candidates"].as_u64().is_some(), "{result}");
+}
+
+#[tokio::test]
+async fn by_default_the_example_page_starts_the_call_through_the_proxy_it_got_credentials_from() {
+    let Some(browser) = browser("by_default_the_example_page_uses_the_relay").await else {
+        return;
+    };
+    let page = serve_page(Router::new()).await;
+    let app = relaying_app(page).await;
+    let endpoint = app.url(&app.credentials_path);
+    browser
+        .client
+        .goto(&format!("http://{page}/?endpoint={}", encode(&endpoint)))
+        .await
+        .expect("page loads");
+    let base_url = browser
+        .client
+        .execute("return document.getElementById('baseUrl').value", vec![])
+        .await
+        .expect("script runs");
+    assert_eq!(
+        base_url,
+        format!("http://{}", app.addr),
+        "the proxy's origin"
+    );
+    browser
+        .client
+        .find(fantoccini::Locator::Css("button[type=submit]"))
+        .await
+        .expect("a Start button")
+        .click()
+        .await
+        .expect("it clicks");
+    let result = wait_for_result(&browser).await;
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["signalingState"], "stable", "{result}");
 }

@@ -208,7 +208,7 @@ pub(crate) fn serving_against(upstream: &str) -> Command {
     serve
 }
 
-/// The binary running `serve`, with its stdout and stderr collected.
+/// The binary running `serve` (or `dev`), with its stdout and stderr collected.
 pub(crate) struct Proxy {
     child: Child,
     output: Arc<Mutex<String>>,
@@ -238,7 +238,10 @@ impl Proxy {
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
             let text = output.lock().unwrap().clone();
-            let listening = text.lines().find(|l| l.contains("orga-proxy listening"));
+            // `serve` says "orga-proxy listening", `dev` its warning banner; both JSON.
+            let listening = text.lines().find(|l| {
+                l.starts_with('{') && (l.contains("orga-proxy listening") || l.contains("DEV MODE"))
+            });
             if let Some(line) = listening {
                 let json: serde_json::Value = serde_json::from_str(line).unwrap();
                 break json["listen"].as_str().unwrap().to_owned();

@@ -16,6 +16,8 @@ mod pool;
 mod ratelimit;
 mod ratelimit_redis;
 mod redis_connection;
+mod redis_server;
+mod relay;
 mod resilience;
 mod serving;
 mod upstream_errors;

@@ -5,9 +5,8 @@
 
 use crate::cli::{Proxy, command};
 use crate::helpers::{TestApp, client, error_code, spawn_app_with, spawn_mock_upstream};
-use crate::ratelimit_redis::{
-    Listen, RedisServer, ready, redis_backend, remaining, wait_for_readiness,
-};
+use crate::ratelimit_redis::{ready, redis_backend, remaining, wait_for_readiness};
+use crate::redis_server::{Listen, RedisServer};
 use orga_proxy::config::{Config, RedisFailure};
 use orga_proxy::orga::mock::MockOptions;
 use rcgen::{

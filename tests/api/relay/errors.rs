@@ -1,0 +1,137 @@
+//! Orga's refusals, failures and silence on the relayed call start, answered as the
+//! contract says (never echoing Orga's body), and CORS on the relay's route.
+
+use super::*;
+
+/// What the caller gets when Orga answers the call start with `orga`.
+async fn answered(orga: ResponseTemplate) -> (u16, Value, reqwest::header::HeaderMap) {
+    let relay = relay_app(orga, |_| {}).await;
+    let token = relay.token().await;
+    let response = relay.start(&token, &sdk_body(OFFER_SDP)).await;
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    let text = response.text().await.unwrap();
+    assert!(
+        !text.contains("upstream-canary"),
+        "Orga's body was echoed: {text}"
+    );
+    (status, serde_json::from_str(&text).unwrap(), headers)
+}
+
+#[tokio::test]
+async fn orgas_refusals_and_failures_map_to_the_contracts_answers() {
+    let invalid = json!({"error": {"message": "Invalid ephemeral token upstream-canary", "type": "invalid_request_error", "param": null, "code": null}});
+    for status in [401, 403] {
+        let (status, body, headers) =
+            answered(ResponseTemplate::new(status).set_body_json(&invalid)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthorized"))
+        );
+        assert_eq!(headers["www-authenticate"], "Bearer");
+    }
+    let detail = json!({"detail": [
+        {"type": "literal_error", "loc": ["body", "params", "voice"], "msg": "Input should be upstream-canary", "input": "upstream-canary"}
+    ]});
+    let (status, body, _) = answered(ResponseTemplate::new(422).set_body_json(detail)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("body.params.voice"),
+        "{body}"
+    );
+    let (status, body, headers) =
+        answered(ResponseTemplate::new(429).insert_header("retry-after", "7")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("upstream_rate_limited"))
+    );
+    assert_eq!(headers["retry-after"], "7");
+    for failing in [
+        ResponseTemplate::new(500).set_body_string("upstream-canary"),
+        ResponseTemplate::new(502),
+        ResponseTemplate::new(200).set_body_string("<html>upstream-canary"),
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"answer": {"type": "answer", "sdp": ANSWER_SDP}})),
+        ResponseTemplate::new(200).set_body_json(
+            json!({"answer": {"type": "offer", "sdp": ANSWER_SDP}, "conversation_id": "c"}),
+        ),
+    ] {
+        let (status, body, _) = answered(failing).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (502, Some("upstream_error")),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn orga_not_answering_within_orga_timeout_is_504() {
+    let slow = call_answer().set_delay(Duration::from_secs(3));
+    let relay = relay_app(slow, |c| c.orga.timeout = Duration::from_millis(300)).await;
+    let token = relay.token().await;
+    let response = relay.start(&token, &sdk_body(OFFER_SDP)).await;
+    assert_eq!(response.status(), 504);
+    assert_eq!(error_code(response).await, "upstream_timeout");
+}
+
+const APP_ORIGIN: &str = "https://app.example.com";
+
+#[tokio::test]
+async fn cors_on_the_relay_allows_the_sdks_headers_to_allowed_origins_only() {
+    let relay = relay_app(call_answer(), |c| {
+        c.cors.allowed_origins = origins(&[APP_ORIGIN])
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        relay
+            .app
+            .client
+            .request(reqwest::Method::OPTIONS, relay.app.url(CALLS))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let allowed = preflight(APP_ORIGIN).await.unwrap();
+    assert_eq!(allowed.status(), 204);
+    let h = allowed.headers();
+    assert_eq!(h["access-control-allow-origin"], APP_ORIGIN);
+    assert_eq!(h["access-control-allow-methods"], "POST");
+    let allow_headers = h["access-control-allow-headers"].to_str().unwrap();
+    assert!(allow_headers.contains("authorization") && allow_headers.contains("content-type"));
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(
+        other
+            .headers()
+            .keys()
+            .all(|k| !k.as_str().starts_with("access-control-")),
+        "{:?}",
+        other.headers()
+    );
+    let token = relay.token().await;
+    let post = relay
+        .app
+        .client
+        .post(relay.app.url(CALLS))
+        .header("origin", APP_ORIGIN)
+        .bearer_auth(&token)
+        .json(&sdk_body(OFFER_SDP))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 200);
+    assert_eq!(post.headers()["access-control-allow-origin"], APP_ORIGIN);
+    assert!(
+        relay.calls().await.len() == 1,
+        "preflights never reach Orga"
+    );
+}
