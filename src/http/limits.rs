@@ -92,6 +92,15 @@ pub async fn deadline_passed(timeout: Duration, error: BoxError) -> ApiError {
     }
 }
 
+/// Whether a `Content-Type` names JSON: `application/json` or `application/*+json`,
+/// with or without parameters, in any case.
+pub fn is_json(content_type: &str) -> bool {
+    content_type.parse::<mime::Mime>().is_ok_and(|media| {
+        media.type_() == mime::APPLICATION
+            && (media.subtype() == mime::JSON || media.suffix() == Some(mime::JSON))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

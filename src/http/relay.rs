@@ -192,19 +192,7 @@ async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
 
 /// `application/json` or `application/*+json`, with or without parameters.
 fn is_json(content_type: &HeaderValue) -> bool {
-    let Ok(text) = content_type.to_str() else {
-        return false;
-    };
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || essence
-            .strip_prefix("application/")
-            .is_some_and(|sub| sub.ends_with("+json"))
+    content_type.to_str().is_ok_and(super::limits::is_json)
 }
 
 #[cfg(test)]

@@ -127,6 +127,30 @@ impl Drop for RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Runs one command against this server (for tests inspecting what the proxy stored).
+    pub async fn command<T: redis::FromRedisValue>(&self, name: &str, args: &[&str]) -> T {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd(name)
+            .arg(args)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Every key stored, and the milliseconds each has left (`PTTL`).
+    pub async fn keys_with_ttl(&self) -> Vec<(String, i64)> {
+        let keys: Vec<String> = self.command("KEYS", &["*"]).await;
+        let mut with_ttl = Vec::with_capacity(keys.len());
+        for key in keys {
+            let ttl = self.command("PTTL", &[&key]).await;
+            with_ttl.push((key, ttl));
+        }
+        with_ttl
+    }
+}
+
 /// `redis-server` from PATH; in CI its absence is a failure, elsewhere a loud skip.
 pub fn redis_server_binary(test: &str) -> Option<PathBuf> {
     find_tool("redis-server", test, "apt-get install redis-server")

@@ -28,7 +28,7 @@ pub(super) fn decode(content_type: Option<&str>, bytes: &[u8]) -> Result<Value, 
     }
     // FastAPI parses JSON when the type says JSON or is absent; any other type leaves
     // the raw bytes, which then fail validation as "not an object".
-    if content_type.is_some_and(|t| !is_json(t)) {
+    if content_type.is_some_and(|t| !crate::http::limits::is_json(t)) {
         return Err(Refusal::Unprocessable(vec![not_an_object("")]));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| Refusal::Unreadable)?;
@@ -220,20 +220,6 @@ fn not_a_string(path: &str) -> Value {
 
 fn not_a_list(path: &str) -> Value {
     detail(loc(path), "list_type", "Input should be a valid list")
-}
-
-/// `application/json`, or any `application/*+json`, with or without parameters.
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || essence
-            .strip_prefix("application/")
-            .is_some_and(|sub| sub.ends_with("+json"))
 }
 
 /// serde_json's 1-based line and column as the 0-based character offset Python's

@@ -127,14 +127,7 @@ async fn a_pooled_credential_is_bound_like_a_minted_one() {
         pool.stats().hits.load(Ordering::Relaxed) >= 1,
         "served from the pool"
     );
-    assert_eq!(
-        relay.start(&token, &sdk_body(OFFER_SDP)).await.status(),
-        200
-    );
-    assert_eq!(
-        relay.start(&token, &sdk_body(OFFER_SDP)).await.status(),
-        401
-    );
+    assert_eq!(relay.start_twice(&token).await, (200, 401));
 }
 
 #[tokio::test]
@@ -216,27 +209,13 @@ async fn a_token_issued_by_one_replica_is_relayed_by_another_through_redis_once(
     .await;
 
     // The record is the token's fingerprint, never the token, and dies with the token.
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = redis.keys_with_ttl().await;
     assert_eq!(keys.len(), 1, "{keys:?}");
-    assert!(keys[0].starts_with("orga-proxy:relay:") && !keys[0].contains(&token));
-    assert_eq!(keys[0].len(), "orga-proxy:relay:".len() + 64);
-    let ttl_ms: i64 = redis::cmd("PTTL")
-        .arg(&keys[0])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!((80_000..=90_000).contains(&ttl_ms), "{ttl_ms}");
-    let value: String = redis::cmd("GET")
-        .arg(&keys[0])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (key, ttl_ms) = &keys[0];
+    assert!(key.starts_with("orga-proxy:relay:") && !key.contains(&token));
+    assert_eq!(key.len(), "orga-proxy:relay:".len() + 64);
+    assert!((80_000..=90_000).contains(ttl_ms), "{ttl_ms}");
+    let value: String = redis.command("GET", &[key]).await;
     assert!(!value.contains(&token));
     let calls = orga.received_requests().await.unwrap();
     assert_eq!(calls.iter().filter(|r| r.url.path() == CALLS).count(), 1);

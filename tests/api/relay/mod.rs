@@ -110,6 +110,21 @@ impl RelayApp {
         start(&self.app, token, body).await
     }
 
+    /// Starts a call with `token` twice: the statuses of the first and the replay.
+    pub async fn start_twice(&self, token: &str) -> (u16, u16) {
+        let first = self
+            .start(token, &sdk_body(OFFER_SDP))
+            .await
+            .status()
+            .as_u16();
+        let replay = self
+            .start(token, &sdk_body(OFFER_SDP))
+            .await
+            .status()
+            .as_u16();
+        (first, replay)
+    }
+
     /// The call starts Orga received, as (headers, JSON body).
     pub async fn calls(&self) -> Vec<(reqwest::header::HeaderMap, Value)> {
         let requests = self.orga.received_requests().await.unwrap();
@@ -393,14 +408,7 @@ async fn relayed_calls_are_counted_by_outcome() {
     let (ok_before, unauthorized_before) = (counter(ok), counter(unauthorized));
     let relay = relay_app(call_answer(), |_| {}).await;
     let token = relay.token().await;
-    assert_eq!(
-        relay.start(&token, &sdk_body(OFFER_SDP)).await.status(),
-        200
-    );
-    assert_eq!(
-        relay.start(&token, &sdk_body(OFFER_SDP)).await.status(),
-        401
-    );
+    assert_eq!(relay.start_twice(&token).await, (200, 401));
     assert!(counter(ok) >= ok_before + 1.0);
     assert!(counter(unauthorized) >= unauthorized_before + 1.0);
 }
