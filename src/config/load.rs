@@ -194,6 +194,8 @@ fn extract(
         auth: section(&figment, "auth", problems),
         redis: section(&figment, "redis", problems),
         pool: section(&figment, "pool", problems),
+        quota: section(&figment, "quota", problems),
+        audit: section(&figment, "audit", problems),
         log: section(&figment, "log", problems),
     };
     if mode == Mode::Serve && !is_set(&figment, "orga.api_key") {

@@ -13,6 +13,7 @@ mod load;
 mod orga;
 pub mod parse;
 mod pool;
+mod quota;
 mod rate_limit;
 mod redis;
 mod server;
@@ -27,6 +28,7 @@ pub use load::{ConfigError, ConfigSource, Mode, load, load_lenient};
 pub use orga::{BaseUrl, Email, OrgaConfig};
 pub use parse::duration::parse as parse_duration;
 pub use pool::PoolConfig;
+pub use quota::{AuditConfig, AuditSink, QuotaConfig};
 pub use rate_limit::{Backend, PerSubjectConfig, RateLimitConfig, RedisFailure, TrustedProxies};
 pub use redis::{RedisConfig, RedisUrl};
 pub use server::{LogConfig, LogFormat, ServerConfig};
@@ -53,6 +55,10 @@ pub struct Config {
     pub redis: RedisConfig,
     /// The opt-in prefetch pool.
     pub pool: PoolConfig,
+    /// Credentials per UTC day.
+    pub quota: QuotaConfig,
+    /// The record of every credential issued.
+    pub audit: AuditConfig,
     /// Log output.
     pub log: LogConfig,
 }
@@ -72,6 +78,8 @@ impl Config {
         self.auth.check(&mut problems);
         self.redis.check(&mut problems);
         self.pool.check(&mut problems);
+        self.quota.check(&mut problems);
+        self.audit.check(&mut problems);
         self.log.check(&mut problems);
         validate::across_sections(self, &mut problems);
         problems.0
