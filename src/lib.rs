@@ -8,6 +8,7 @@
 //!   metrics, drain, limits, CORS, deadline, then the gate), the handlers, the server.
 //! - [`ratelimit`]: per-client and per-subject budgets (memory or Redis).
 //! - [`auth`]: who may call the billable routes (none, API keys, JWT with a JWKS cache).
+//! - [`quota`]: daily quotas per subject, per client and for the service (memory or Redis).
 //! - [`pool`]: credentials minted ahead of demand (opt-in).
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
 //! - [`store`]: the Redis connection replicas share state through.
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod orga;
 pub mod outbound;
 pub mod pool;
+pub mod quota;
 pub mod ratelimit;
 pub mod readiness;
 pub mod secret;
@@ -91,6 +93,13 @@ pub fn app_with_clock(
         &config.redis,
         clock.clone(),
     );
+    let quotas = quota::Quotas::new(
+        &config.quota,
+        config.rate_limit.max_tracked_clients,
+        redis.as_ref(),
+        &config.redis.key_prefix,
+        clock.clone(),
+    );
     let state = AppState::new(state::Shared {
         concurrency: Arc::new(tokio::sync::Semaphore::new(config.server.concurrency_limit)),
         config,
@@ -101,6 +110,7 @@ pub fn app_with_clock(
         authenticator,
         pool,
         clock,
+        quotas,
     });
     Ok((http::router(state.clone()), state))
 }

@@ -48,6 +48,15 @@ pub const POOL_HITS: &str = "orga_proxy_pool_hits_total";
 pub const POOL_MISSES: &str = "orga_proxy_pool_misses_total";
 /// Prefetch pool: credentials discarded unused at `pool.max_age`.
 pub const POOL_DISCARDS: &str = "orga_proxy_pool_discards_total";
+/// Credentials requests refused because a daily quota was used up, by `quota`
+/// (`subject`, `client` or `global`).
+pub const QUOTA_EXCEEDED: &str = "orga_proxy_quota_exceeded_total";
+/// Credentials counted against `quota.global_per_day` today (this replica's latest view
+/// of the shared count with Redis).
+pub const QUOTA_GLOBAL_USED: &str = "orga_proxy_quota_global_used";
+/// Credentials requests from new subjects or clients counted in the shared overflow
+/// quota because the in-memory table was full, by `quota`.
+pub const QUOTA_TABLE_FULL: &str = "orga_proxy_quota_table_full_total";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "orga_proxy_build_info";
 
@@ -132,6 +141,18 @@ fn describe() {
         POOL_DISCARDS,
         "Prefetched credentials discarded unused at pool.max_age."
     );
+    describe_counter!(
+        QUOTA_EXCEEDED,
+        "Credentials requests refused because a daily quota was used up, by quota."
+    );
+    describe_gauge!(
+        QUOTA_GLOBAL_USED,
+        "Credentials counted against quota.global_per_day today."
+    );
+    describe_counter!(
+        QUOTA_TABLE_FULL,
+        "Requests of new callers counted in the shared overflow quota (in-memory table full), by quota."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 
     // Series without labels exist from the start, so alerts and rate() see a 0
@@ -148,6 +169,7 @@ fn describe() {
     }
     metrics::gauge!(HTTP_IN_FLIGHT).set(0.0);
     metrics::gauge!(CIRCUIT_STATE).set(0.0);
+    metrics::gauge!(QUOTA_GLOBAL_USED).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 

@@ -5,6 +5,7 @@ use crate::clock::Clock;
 use crate::config::{Config, CorsConfig};
 use crate::orga::OrgaClient;
 use crate::pool::CredentialPool;
+use crate::quota::Quotas;
 use crate::ratelimit::RateLimit;
 use crate::readiness::Readiness;
 use arc_swap::ArcSwap;
@@ -36,6 +37,8 @@ pub struct Shared {
     pub concurrency: Arc<Semaphore>,
     /// The time source of every component.
     pub clock: Clock,
+    /// The daily quotas of the credentials route.
+    pub quotas: Quotas,
 }
 
 impl AppState {

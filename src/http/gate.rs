@@ -1,13 +1,14 @@
 //! The gate in front of the service's billable routes (credentials, and the relay),
 //! one small stage each, composed in [`super::router`]: who the client is and its rate
-//! limit, then who the caller is, then the caller's own limit. Load shedding comes after
-//! them (tower's `LoadShed` over a shared concurrency limit), so refused callers never
-//! hold a slot. A stage that admits with a budget puts its `RateLimit-*` headers on the
+//! limit, then who the caller is, then the caller's own limit, then (credentials only)
+//! the daily quotas. Load shedding comes after them (tower's `LoadShed` over a shared
+//! concurrency limit), so refused callers never hold a slot. A stage that admits with a budget puts its `RateLimit-*` headers on the
 //! answer, refusals from later stages included.
 
 use crate::auth::{AuthError, Subject};
 use crate::error::ApiError;
 use crate::metrics::REQUESTS_SHED;
+use crate::ratelimit::Client;
 use crate::state::AppState;
 use axum::BoxError;
 use axum::extract::{ConnectInfo, Request, State};
@@ -99,6 +100,33 @@ pub async fn limit_subject(
     let mut response = next.run(request).await;
     if let Some(decision) = decision {
         decision.apply(response.headers_mut());
+    }
+    response
+}
+
+/// Stage 4 (credentials only, when a quota is on): one credential of each daily quota
+/// that applies (`[quota]`: the subject's, the client's, the service's) is reserved
+/// before the handler runs, and kept only if it answers 2xx. Any other answer, or the
+/// request dropped half-way (its client gone, its deadline passed), gives it back:
+/// a failed upstream call costs no quota, and concurrent requests cannot overshoot.
+pub async fn limit_quota(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let reservation = state
+        .quotas
+        .reserve(
+            request.extensions().get::<Subject>().map(Subject::as_str),
+            request
+                .extensions()
+                .get::<Client>()
+                .map(|client| &client.key),
+        )
+        .await;
+    let reservation = match reservation {
+        Ok(reservation) => reservation,
+        Err(refused) => return refused.into_response(),
+    };
+    let response = next.run(request).await;
+    if response.status().is_success() {
+        reservation.keep();
     }
     response
 }

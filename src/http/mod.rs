@@ -41,7 +41,8 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 ///
 /// The service's own routes add, outermost first: CORS ([`cors`]), the body limit and
 /// the request deadline; then, on the billable methods only, the gate ([`gate`]): the
-/// client's rate limit, authentication, the subject's rate limit, and load shedding.
+/// client's rate limit, authentication, the subject's rate limit, on the credentials
+/// route the daily quotas, and load shedding.
 /// Health and readiness never reach the gate, nor do CORS preflights.
 pub fn router(state: AppState) -> Router {
     let edge = ServiceBuilder::new()
@@ -87,7 +88,7 @@ fn credentials_methods(state: &AppState) -> MethodRouter<AppState> {
         .post(credentials::credentials)
         .head(|| async { not_allowed("GET, POST") })
         .fallback(|| async { not_allowed("GET, POST") })
-        .route_layer(billable_gate(state))
+        .route_layer(gate_stack(state, true))
 }
 
 /// The gate's layers, type-erased so every billable route can take them.
@@ -95,11 +96,20 @@ pub type Gate = BoxCloneSyncServiceLayer<Route, Request, Response, Infallible>;
 
 /// The gate's stages, outermost first (see [`gate`]).
 pub fn billable_gate(state: &AppState) -> Gate {
+    gate_stack(state, false)
+}
+
+/// The gate, with the daily quotas when `quotas` (credentials count against them; a
+/// relayed call uses a credential already counted) and a quota is on.
+fn gate_stack(state: &AppState, quotas: bool) -> Gate {
+    let quotas = (quotas && state.quotas.is_enabled())
+        .then(|| from_fn_with_state(state.clone(), gate::limit_quota));
     BoxCloneSyncServiceLayer::new(
         ServiceBuilder::new()
             .layer(from_fn_with_state(state.clone(), gate::limit_client))
             .layer(from_fn_with_state(state.clone(), gate::authenticate))
             .layer(from_fn_with_state(state.clone(), gate::limit_subject))
+            .option_layer(quotas)
             .layer(HandleErrorLayer::new(gate::overloaded))
             .load_shed()
             .layer(GlobalConcurrencyLimitLayer::with_semaphore(
