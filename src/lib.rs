@@ -10,6 +10,7 @@
 //! - [`auth`]: who may call the billable routes (none, API keys, JWT with a JWKS cache).
 //! - [`quota`]: daily quotas per subject, per client and for the service (memory or Redis).
 //! - [`pool`]: credentials minted ahead of demand (opt-in).
+//! - [`audit`]: the record of every credential issued, written before it is handed out.
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
 //! - [`store`]: the Redis connection replicas share state through.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
@@ -19,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod clock;
@@ -86,7 +88,8 @@ pub fn app_with_clock(
     });
     let redis = store::RedisConnection::from_config(&config, &readiness)?;
     let authenticator =
-        auth::Authenticator::new(&config.auth, &readiness, clock.clone(), cors.clone(), http)?;
+        auth::Authenticator::new(&config.auth, &readiness, clock.clone(), cors.clone(), http)?
+            .with_audit_claims(&config.audit.claims);
     let rate_limit = ratelimit::RateLimit::new(
         &config.rate_limit,
         redis.as_ref(),
@@ -100,6 +103,7 @@ pub fn app_with_clock(
         &config.redis.key_prefix,
         clock.clone(),
     );
+    let audit = audit::Audit::start(&config.audit, &readiness, clock.clone())?;
     let state = AppState::new(state::Shared {
         concurrency: Arc::new(tokio::sync::Semaphore::new(config.server.concurrency_limit)),
         config,
@@ -111,6 +115,7 @@ pub fn app_with_clock(
         pool,
         clock,
         quotas,
+        audit,
     });
     Ok((http::router(state.clone()), state))
 }
@@ -134,6 +139,7 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (router, state) = app(config.clone()).map_err(std::io::Error::other)?;
+    audit::reopen_on_sighup(&state.audit);
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = metrics_listener.map(|listener| {
         let options = ServeOptions {
@@ -205,6 +211,9 @@ pub async fn serve(
             tokio::time::sleep(CUT_FLUSH_GRACE).await;
         }
     }
+    // Every request has finished (each waited for its audit record); write what the
+    // audit writer still holds before the process exits.
+    state.audit.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -57,6 +57,12 @@ pub const QUOTA_GLOBAL_USED: &str = "orga_proxy_quota_global_used";
 /// Credentials requests from new subjects or clients counted in the shared overflow
 /// quota because the in-memory table was full, by `quota`.
 pub const QUOTA_TABLE_FULL: &str = "orga_proxy_quota_table_full_total";
+/// Audit records written to the sink.
+pub const AUDIT_RECORDS: &str = "orga_proxy_audit_records_total";
+/// Failed writes to the audit sink (each refused the credentials waiting on it).
+pub const AUDIT_WRITE_FAILURES: &str = "orga_proxy_audit_write_failures_total";
+/// Audit records waiting for the writer.
+pub const AUDIT_QUEUE_DEPTH: &str = "orga_proxy_audit_queue_depth";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "orga_proxy_build_info";
 
@@ -153,6 +159,12 @@ fn describe() {
         QUOTA_TABLE_FULL,
         "Requests of new callers counted in the shared overflow quota (in-memory table full), by quota."
     );
+    describe_counter!(AUDIT_RECORDS, "Audit records written to the sink.");
+    describe_counter!(
+        AUDIT_WRITE_FAILURES,
+        "Failed writes to the audit sink; the credentials waiting on them were refused."
+    );
+    describe_gauge!(AUDIT_QUEUE_DEPTH, "Audit records waiting for the writer.");
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 
     // Series without labels exist from the start, so alerts and rate() see a 0
@@ -164,12 +176,15 @@ fn describe() {
         CREDENTIALS_ISSUED,
         CIRCUIT_OPENED,
         CIRCUIT_REJECTED,
+        AUDIT_RECORDS,
+        AUDIT_WRITE_FAILURES,
     ] {
         metrics::counter!(name).absolute(0);
     }
     metrics::gauge!(HTTP_IN_FLIGHT).set(0.0);
     metrics::gauge!(CIRCUIT_STATE).set(0.0);
     metrics::gauge!(QUOTA_GLOBAL_USED).set(0.0);
+    metrics::gauge!(AUDIT_QUEUE_DEPTH).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 

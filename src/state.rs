@@ -1,5 +1,6 @@
 //! `AppState`: the cheap handles every handler and middleware shares.
 
+use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::{Config, CorsConfig};
@@ -39,6 +40,8 @@ pub struct Shared {
     pub clock: Clock,
     /// The daily quotas of the credentials route.
     pub quotas: Quotas,
+    /// The audit trail of credentials issued.
+    pub audit: Audit,
 }
 
 impl AppState {

@@ -1,5 +1,6 @@
 //! The credentials route: a fresh ephemeral token and its ICE servers on every call.
 
+use crate::audit::Caller;
 use crate::error::ApiError;
 use crate::metrics::CREDENTIALS_ISSUED;
 use crate::orga::SessionCredentials;
@@ -11,9 +12,16 @@ use axum::response::{IntoResponse, Response};
 use std::time::Instant;
 
 /// `GET` / `POST {server.credentials_path}`. Never cached, never shared: each call
-/// takes a credential from the prefetch pool (handed out once) or mints its own.
-pub async fn credentials(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let credentials = match state.pool.as_ref().and_then(|pool| pool.take()) {
+/// takes a credential from the prefetch pool (handed out once) or mints its own. With
+/// `audit.sink` set, it leaves only once its audit record is written; if that fails,
+/// the credential is dropped here, unused, and the caller gets 503.
+pub async fn credentials(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let pooled = state.pool.as_ref().and_then(|pool| pool.take());
+    let pool_hit = pooled.is_some();
+    let credentials = match pooled {
         Some(credentials) => {
             crate::telemetry::note_pool_hit();
             credentials
@@ -28,6 +36,10 @@ pub async fn credentials(State(state): State<AppState>) -> Result<Response, ApiE
                 .map_err(|error| ApiError::from(&error))?
         }
     };
+    state
+        .audit
+        .credential_issued(caller, &credentials, pool_hit)
+        .await?;
     metrics::counter!(CREDENTIALS_ISSUED).increment(1);
     Ok(respond(credentials))
 }

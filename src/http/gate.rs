@@ -50,21 +50,25 @@ pub async fn limit_client(
     response
 }
 
-/// Stage 2: the caller's credentials (`auth.mode`). The subject goes into the request
-/// for later stages and onto the request's log line.
+/// Stage 2: the caller's credentials (`auth.mode`). The subject (and the JWT claims
+/// `audit.claims` names) go into the request for later stages and the audit record, and
+/// the subject onto the request's log line.
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let subject = state
+    let caller = state
         .authenticator
-        .authenticate(request.headers(), request.uri().query())
+        .authenticate_caller(request.headers(), request.uri().query())
         .await;
-    match subject {
-        Ok(Some(subject)) => {
+    match caller {
+        Ok(Some((subject, claims))) => {
             crate::telemetry::note_subject(subject.as_str());
             request.extensions_mut().insert(subject);
+            if !claims.0.is_empty() {
+                request.extensions_mut().insert(claims);
+            }
             next.run(request).await
         }
         Ok(None) => next.run(request).await,
