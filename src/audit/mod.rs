@@ -18,8 +18,8 @@
 //! If the sink fails (unwritable, disk full, directory deleted), the credentials
 //! waiting on it are refused with 503 `unavailable` and their tokens discarded unused
 //! (never handed out), `/readyz` turns 503 (`audit`), the failure is logged once and
-//! counted; every second the sink is probed, and the first write that succeeds ends the
-//! outage. On shutdown the drain lets in-flight requests finish (each waits for its
+//! counted; every second the sink is probed (readiness returns when a probe write
+//! succeeds), and the first record written ends the outage. On shutdown the drain lets in-flight requests finish (each waits for its
 //! record), then [`Audit::shutdown`] writes whatever is still queued.
 //!
 //! For logrotate: the file is reopened on SIGHUP ([`Audit::reopen`],
@@ -39,6 +39,7 @@ use crate::readiness::Readiness;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use writer::Submission;
@@ -230,16 +231,17 @@ pub fn reopen_on_sighup(audit: &Audit) {
     if !audit.inner.as_ref().is_some_and(|inner| inner.is_file) {
         return;
     }
+    // Registered here, before serving starts, so no SIGHUP can find its default action
+    // (which ends the process) once the proxy answers.
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; the audit file is still reopened when moved");
+            return;
+        }
+    };
     let audit = audit.clone();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGHUP; the audit file is still reopened when moved");
-                return;
-            }
-        };
         while hangups.recv().await.is_some() {
             audit.reopen();
         }

@@ -97,12 +97,21 @@ impl Sink {
         }
     }
 
-    /// Whether the sink can be written to now, for a sink that failed: a file is
-    /// reopened, standard output flushed.
+    /// Whether the sink can be written to now, for a sink that failed: standard output
+    /// is flushed; a file is reopened, and one byte is written, synced and removed in a
+    /// probe file beside it (`.<name>.probe`), which fails like the audit file would on
+    /// a full disk or a read-only filesystem, without a stray line in the trail. A
+    /// directory this process may not create files in skips that byte.
     pub fn probe(&mut self) -> io::Result<()> {
         match self {
             Self::Stdout => io::stdout().lock().flush(),
-            Self::File(sink) => sink.reopen(),
+            Self::File(sink) => {
+                sink.reopen()?;
+                match sink.write_probe() {
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+                    result => result,
+                }
+            }
         }
     }
 
@@ -167,6 +176,23 @@ impl FileSink {
             torn,
         });
         Ok(())
+    }
+
+    fn write_probe(&self) -> io::Result<()> {
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let probe = self.path.with_file_name(format!(".{name}.probe"));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(FILE_MODE)
+                .open(&probe)?;
+            file.write_all(b"\n")?;
+            file.sync_data()
+        })();
+        let _ = std::fs::remove_file(&probe);
+        written
     }
 
     /// True when no file is open, or the path names another file or none.

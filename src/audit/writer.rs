@@ -119,9 +119,9 @@ impl Writer {
         }
     }
 
-    /// Every second: a failing sink is probed (readiness comes back when it can be
-    /// opened; the outage ends at the next successful write); a healthy file is
-    /// reopened if its path now names another file.
+    /// Every second: a failing sink is probed (readiness comes back when the probe
+    /// writes, see [`Sink::probe`]; the outage ends at the next successful write); a
+    /// healthy file is reopened if its path now names another file.
     async fn upkeep(&mut self) {
         if self.failing {
             if self.blocking(Sink::probe).await.is_ok() {
