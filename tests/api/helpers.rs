@@ -1,5 +1,6 @@
 //! Spawning the app and its fakes for the end-to-end tests.
 
+use orga_proxy::clock::Clock;
 use orga_proxy::config::{AllowedOrigins, ApiKeyList, Config};
 use orga_proxy::orga::mock::{self, MockOptions};
 use orga_proxy::secret::Secret;
@@ -116,17 +117,27 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
 
 /// The proxy against any upstream (a wiremock server, a closed port...).
 pub async fn spawn_app_against(base_url: &str, customize: impl FnOnce(&mut Config)) -> TestApp {
-    spawn(base_url, customize).await
+    spawn(base_url, Clock::system(), customize).await
 }
 
-async fn spawn(base_url: &str, customize: impl FnOnce(&mut Config)) -> TestApp {
+/// The proxy against `base_url`, every component reading time from `clock`.
+pub async fn spawn_app_with_clock(
+    base_url: &str,
+    clock: Clock,
+    customize: impl FnOnce(&mut Config),
+) -> TestApp {
+    spawn(base_url, clock, customize).await
+}
+
+async fn spawn(base_url: &str, clock: Clock, customize: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(base_url);
     customize(&mut config);
     let credentials_path = config.server.credentials_path.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let (router, state) = orga_proxy::app(config.into()).expect("the test config is valid");
+    let (router, state) =
+        orga_proxy::app_with_clock(config.into(), clock).expect("the test config is valid");
     let shutdown = async {
         let _ = rx.await;
     };
