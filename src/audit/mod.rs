@@ -34,6 +34,7 @@ pub use record::{AuditRecord, Caller, fingerprint};
 use crate::clock::Clock;
 use crate::config::{AuditConfig, AuditSink};
 use crate::error::ApiError;
+use crate::metrics::AUDIT_QUEUE_DEPTH;
 use crate::orga::SessionCredentials;
 use crate::readiness::Readiness;
 use std::sync::atomic::Ordering;
@@ -47,6 +48,8 @@ use writer::Submission;
 /// Records waiting for the writer at most; past it, requests wait for room. The
 /// concurrency limit keeps real queues far shorter.
 const QUEUE_CAPACITY: usize = 4096;
+/// Longest a credential waits for its record to be written before it is refused.
+const WAIT_FOR_WRITE: Duration = Duration::from_secs(5);
 /// How long the shutdown waits for the writer before giving up on it (a hung disk
 /// must not hold the process past the container runtime's kill).
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -164,16 +167,27 @@ impl Audit {
         let mut line = serde_json::to_vec(&record).map_err(|_| AuditError::Failed)?;
         line.push(b'\n');
         let (ack, written) = oneshot::channel();
-        inner
-            .queue
-            .send(Submission { line, ack })
+        let queued_and_written = async {
+            inner
+                .queue
+                .send(Submission { line, ack })
+                .await
+                .map_err(|_| AuditError::Closed)?;
+            let queue = &inner.queue;
+            metrics::gauge!(AUDIT_QUEUE_DEPTH)
+                .set((queue.max_capacity() - queue.capacity()) as f64);
+            match written.await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(AuditError::Failed),
+                Err(_) => Err(AuditError::Closed),
+            }
+        };
+        // A sink that hangs refuses the credential rather than holding the request until
+        // its deadline (the record, if it is written later, describes a credential that
+        // was never handed out, the one direction the guarantee allows).
+        tokio::time::timeout(WAIT_FOR_WRITE, queued_and_written)
             .await
-            .map_err(|_| AuditError::Closed)?;
-        match written.await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(AuditError::Failed),
-            Err(_) => Err(AuditError::Closed),
-        }
+            .unwrap_or(Err(AuditError::Failed))
     }
 
     /// Records a credential about to be handed to `caller`; on `Err` the caller must
