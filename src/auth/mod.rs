@@ -240,3 +240,37 @@ impl Authenticator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn audit_claims_are_the_listed_scalars_with_long_strings_cut() {
+        let payload = json!({"sub": "u", "org_id": "acme", "long": "x".repeat(300),
+            "admin": true, "tier": 3, "roles": ["a"], "meta": {"a": 1}, "gone": null});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &payload,
+            &jsonwebtoken::EncodingKey::from_secret(b"test-only"),
+        )
+        .unwrap();
+        let names = [
+            "org_id", "long", "admin", "tier", "roles", "meta", "gone", "absent",
+        ]
+        .map(String::from);
+        let AuditClaims(copied) = jwt::copy_claims(&token, &names);
+        let long = format!("{}…", "x".repeat(256));
+        assert_eq!(
+            copied,
+            [
+                ("org_id".into(), json!("acme")),
+                ("long".into(), json!(long)),
+                ("admin".into(), json!(true)),
+                ("tier".into(), json!(3)),
+            ]
+        );
+        assert!(jwt::copy_claims(&token, &[]).0.is_empty());
+    }
+}
