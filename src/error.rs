@@ -37,6 +37,13 @@ pub enum ApiError {
         /// Until one request is admitted, sent as `Retry-After`.
         retry_after: Duration,
     },
+    /// 429: a daily quota is used up.
+    QuotaExceeded {
+        /// Whose quota, for the message: "this caller", "this client", "this service".
+        whose: &'static str,
+        /// Until the quota's UTC day ends, sent as `Retry-After`.
+        retry_after: Duration,
+    },
     /// 502: Orga refused our API key or email (an operator problem).
     UpstreamAuthFailed,
     /// 502: Orga unreachable, 5xx, or a malformed answer.
@@ -69,7 +76,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamAuthFailed | Self::Upstream => StatusCode::BAD_GATEWAY,
             Self::Unavailable { .. } | Self::UpstreamRateLimited { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -90,6 +97,7 @@ impl ApiError {
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
             Self::RateLimited { .. } => "rate_limited",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::UpstreamAuthFailed => "upstream_auth_failed",
             Self::Upstream => "upstream_error",
             Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
@@ -107,7 +115,7 @@ impl ApiError {
             | Self::UpstreamTimeout
             | Self::UpstreamRateLimited { .. } => "upstream_error",
             Self::Unavailable { .. } => "server_error",
-            Self::RateLimited { .. } => "rate_limit_error",
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } => "rate_limit_error",
             _ => "invalid_request_error",
         }
     }
@@ -128,6 +136,10 @@ impl ApiError {
             ),
             Self::RateLimited { retry_after, .. } => format!(
                 "Too many requests; try again in {} s.",
+                retry_after_secs(*retry_after)
+            ),
+            Self::QuotaExceeded { whose, retry_after } => format!(
+                "The daily quota of credentials for {whose} is used up; it resets at 00:00 UTC, in {} s.",
                 retry_after_secs(*retry_after)
             ),
             Self::UpstreamAuthFailed => {
@@ -158,7 +170,9 @@ impl IntoResponse for ApiError {
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::Unavailable { retry_after, .. } | Self::UpstreamRateLimited { retry_after } => {
+            Self::Unavailable { retry_after, .. }
+            | Self::UpstreamRateLimited { retry_after }
+            | Self::QuotaExceeded { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
             }
             Self::RateLimited {
@@ -187,6 +201,22 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
         assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+    }
+
+    #[test]
+    fn a_quota_refusal_names_the_quota_and_waits_until_midnight() {
+        let error = ApiError::QuotaExceeded {
+            whose: "this client",
+            retry_after: Duration::from_secs(3_600),
+        };
+        assert!(
+            error.message().contains("for this client"),
+            "{}",
+            error.message()
+        );
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3600");
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //!   metrics, drain, limits, CORS, deadline, then the gate), the handlers, the server.
 //! - [`ratelimit`]: per-client and per-subject budgets (memory or Redis).
 //! - [`auth`]: who may call the billable routes (none, API keys, JWT with a JWKS cache).
+//! - [`quota`]: daily quotas per subject, per client and for the service (memory or Redis).
 //! - [`pool`]: credentials minted ahead of demand (opt-in).
 //! - [`relay`]: the call-start relay, its session policy and token binding (opt-in).
+//! - [`audit`]: the record of every credential issued, written before it is handed out.
 //! - [`orga`]: the upstream client, its error enum and the fake Orga Cloud.
 //! - [`store`]: the Redis connection replicas share state through.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
@@ -19,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod clock;
@@ -29,6 +32,7 @@ pub mod metrics;
 pub mod orga;
 pub mod outbound;
 pub mod pool;
+pub mod quota;
 pub mod ratelimit;
 pub mod readiness;
 pub mod relay;
@@ -86,7 +90,8 @@ pub fn app_with_clock(
     });
     let redis = store::RedisConnection::from_config(&config, &readiness)?;
     let authenticator =
-        auth::Authenticator::new(&config.auth, &readiness, clock.clone(), cors.clone(), http)?;
+        auth::Authenticator::new(&config.auth, &readiness, clock.clone(), cors.clone(), http)?
+            .with_audit_claims(&config.audit.claims);
     let relay = config
         .relay
         .enabled
@@ -97,6 +102,14 @@ pub fn app_with_clock(
         &config.redis,
         clock.clone(),
     );
+    let quotas = quota::Quotas::new(
+        &config.quota,
+        config.rate_limit.max_tracked_clients,
+        redis.as_ref(),
+        &config.redis.key_prefix,
+        clock.clone(),
+    );
+    let audit = audit::Audit::start(&config.audit, &readiness, clock.clone())?;
     let state = AppState::new(state::Shared {
         concurrency: Arc::new(tokio::sync::Semaphore::new(config.server.concurrency_limit)),
         config,
@@ -108,6 +121,8 @@ pub fn app_with_clock(
         pool,
         relay,
         clock,
+        quotas,
+        audit,
     });
     Ok((http::router(state.clone()), state))
 }
@@ -131,6 +146,7 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (router, state) = app(config.clone()).map_err(std::io::Error::other)?;
+    audit::reopen_on_sighup(&state.audit);
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = metrics_listener.map(|listener| {
         let options = ServeOptions {
@@ -202,6 +218,9 @@ pub async fn serve(
             tokio::time::sleep(CUT_FLUSH_GRACE).await;
         }
     }
+    // Every request has finished (each waited for its audit record); write what the
+    // audit writer still holds before the process exits.
+    state.audit.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -61,6 +61,21 @@ pub const RELAY_TOKEN_REFUSALS: &str = "orga_proxy_relay_token_refusals_total";
 pub const RELAY_BOUND_TOKENS: &str = "orga_proxy_relay_bound_tokens";
 /// Relay: credentials refused because the binding table was full.
 pub const RELAY_BINDING_FULL: &str = "orga_proxy_relay_binding_full_total";
+/// Credentials requests refused because a daily quota was used up, by `quota`
+/// (`subject`, `client` or `global`).
+pub const QUOTA_EXCEEDED: &str = "orga_proxy_quota_exceeded_total";
+/// Credentials counted against `quota.global_per_day` today (this replica's latest view
+/// of the shared count with Redis).
+pub const QUOTA_GLOBAL_USED: &str = "orga_proxy_quota_global_used";
+/// Credentials requests from new subjects or clients counted in the shared overflow
+/// quota because the in-memory table was full, by `quota`.
+pub const QUOTA_TABLE_FULL: &str = "orga_proxy_quota_table_full_total";
+/// Audit records written to the sink.
+pub const AUDIT_RECORDS: &str = "orga_proxy_audit_records_total";
+/// Failed writes to the audit sink (each refused the credentials waiting on it).
+pub const AUDIT_WRITE_FAILURES: &str = "orga_proxy_audit_write_failures_total";
+/// Audit records waiting for the writer.
+pub const AUDIT_QUEUE_DEPTH: &str = "orga_proxy_audit_queue_depth";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "orga_proxy_build_info";
 
@@ -169,6 +184,24 @@ fn describe() {
         RELAY_BINDING_FULL,
         "Credentials refused because the token binding table was full."
     );
+    describe_counter!(
+        QUOTA_EXCEEDED,
+        "Credentials requests refused because a daily quota was used up, by quota."
+    );
+    describe_gauge!(
+        QUOTA_GLOBAL_USED,
+        "Credentials counted against quota.global_per_day today."
+    );
+    describe_counter!(
+        QUOTA_TABLE_FULL,
+        "Requests of new callers counted in the shared overflow quota (in-memory table full), by quota."
+    );
+    describe_counter!(AUDIT_RECORDS, "Audit records written to the sink.");
+    describe_counter!(
+        AUDIT_WRITE_FAILURES,
+        "Failed writes to the audit sink; the credentials waiting on them were refused."
+    );
+    describe_gauge!(AUDIT_QUEUE_DEPTH, "Audit records waiting for the writer.");
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 
     // Series without labels exist from the start, so alerts and rate() see a 0
@@ -181,12 +214,16 @@ fn describe() {
         CIRCUIT_OPENED,
         CIRCUIT_REJECTED,
         RELAY_BINDING_FULL,
+        AUDIT_RECORDS,
+        AUDIT_WRITE_FAILURES,
     ] {
         metrics::counter!(name).absolute(0);
     }
     metrics::gauge!(HTTP_IN_FLIGHT).set(0.0);
     metrics::gauge!(CIRCUIT_STATE).set(0.0);
     metrics::gauge!(RELAY_BOUND_TOKENS).set(0.0);
+    metrics::gauge!(QUOTA_GLOBAL_USED).set(0.0);
+    metrics::gauge!(AUDIT_QUEUE_DEPTH).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 

@@ -1,10 +1,12 @@
 //! `AppState`: the cheap handles every handler and middleware shares.
 
+use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::{Config, CorsConfig};
 use crate::orga::OrgaClient;
 use crate::pool::CredentialPool;
+use crate::quota::Quotas;
 use crate::ratelimit::RateLimit;
 use crate::readiness::Readiness;
 use crate::relay::Relay;
@@ -39,6 +41,10 @@ pub struct Shared {
     pub concurrency: Arc<Semaphore>,
     /// The time source of every component.
     pub clock: Clock,
+    /// The daily quotas of the credentials route.
+    pub quotas: Quotas,
+    /// The audit trail of credentials issued.
+    pub audit: Audit,
 }
 
 impl AppState {

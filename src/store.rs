@@ -1,8 +1,8 @@
 //! The Redis connection replicas share state through (`[redis]`): rate-limit budgets
-//! with `rate_limit.backend = "redis"`, relay token bindings, and whatever else needs
-//! one view across replicas. Every call has a deadline (`redis.timeout`); a pinger
-//! tracks health, and `rate_limit.redis_failure` decides what a failing Redis means for
-//! readiness.
+//! with `rate_limit.backend = "redis"`, daily quota counts, relay token bindings, and
+//! whatever else needs one view across replicas. Every call has a deadline
+//! (`redis.timeout`); a pinger tracks health, and `rate_limit.redis_failure` decides what
+//! a failing Redis means for readiness, for rate limits and quotas alike.
 
 use crate::config::{Backend, CaFile, Config, RedisFailure, RedisUrl};
 use crate::readiness::Readiness;
@@ -70,15 +70,16 @@ impl RedisConnection {
     }
 
     /// Connects to `[redis]` when something needs it (rate limits with
-    /// `rate_limit.backend = "redis"`; relay token binding whenever `redis.url` is set),
-    /// registering the `redis` readiness dependency.
+    /// `rate_limit.backend = "redis"`; quotas and relay token binding whenever
+    /// `redis.url` is set), registering the `redis` readiness dependency.
     pub fn from_config(
         config: &Config,
         readiness: &Readiness,
     ) -> Result<Option<Arc<Self>>, String> {
         let rate_limit = &config.rate_limit;
-        let needed = rate_limit.enabled && rate_limit.backend == Backend::Redis;
+        let for_quotas = config.quota.any() && config.redis.url.is_some();
         let binding = config.relay.enabled && config.relay.bind_tokens;
+        let needed = (rate_limit.enabled && rate_limit.backend == Backend::Redis) || for_quotas;
         match (&config.redis.url, needed || binding) {
             (Some(url), true) => Self::start(
                 client(url, config.redis.tls_ca_file.as_ref())?,

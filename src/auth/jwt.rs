@@ -221,6 +221,40 @@ fn subject(sub: Option<serde_json::Value>) -> Result<String, AuthError> {
     }
 }
 
+/// Longest claim string copied into an audit record; longer ones are cut (with `…`).
+const MAX_CLAIM_CHARS: usize = 256;
+
+/// The claims `names` of a token that [`JwtVerifier::verify`] has accepted, for the audit
+/// record. Reading the payload again without checking the signature is sound only
+/// because the very same bytes were just verified; it costs nothing unless
+/// `audit.claims` is set. Only strings (cut at [`MAX_CLAIM_CHARS`]), numbers and booleans
+/// are copied: an object or array could be any size, and null says nothing.
+pub(super) fn copy_claims(token: &str, names: &[String]) -> super::AuditClaims {
+    type Payload = std::collections::HashMap<String, serde_json::Value>;
+    if names.is_empty() {
+        return super::AuditClaims::default();
+    }
+    let Ok(payload) = jsonwebtoken::dangerous::insecure_decode::<Payload>(token) else {
+        return super::AuditClaims::default();
+    };
+    let mut payload = payload.claims;
+    let copied = names
+        .iter()
+        .filter_map(|name| {
+            let value = match payload.remove(name)? {
+                serde_json::Value::String(text) => match text.char_indices().nth(MAX_CLAIM_CHARS) {
+                    Some((cut, _)) => serde_json::Value::String(format!("{}…", &text[..cut])),
+                    None => serde_json::Value::String(text),
+                },
+                value @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => value,
+                _ => return None,
+            };
+            Some((name.clone(), value))
+        })
+        .collect();
+    super::AuditClaims(copied)
+}
+
 fn malformed() -> AuthError {
     AuthError::invalid("The token is malformed: expected a JWT (three base64url parts).")
 }

@@ -38,6 +38,12 @@ impl fmt::Display for Subject {
     }
 }
 
+/// The JWT claims named in `audit.claims`, copied from a verified token for the audit
+/// record (see [`jwt::copy_claims`]): string, number and boolean values only, strings
+/// cut short. Inserted as a request extension next to the [`Subject`] when not empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditClaims(pub Vec<(String, serde_json::Value)>);
+
 /// Why a caller was refused. Messages help the developer and never echo a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
@@ -70,6 +76,8 @@ impl From<AuthError> for ApiError {
 #[derive(Clone)]
 pub struct Authenticator {
     inner: Arc<Mode>,
+    /// `audit.claims`: what jwt mode copies from each token for the audit record.
+    audit_claims: Arc<[String]>,
 }
 
 enum Mode {
@@ -133,7 +141,15 @@ impl Authenticator {
         };
         Ok(Self {
             inner: Arc::new(mode),
+            audit_claims: Arc::new([]),
         })
+    }
+
+    /// Copies the claims `names` (`audit.claims`) from each verified JWT, for the audit
+    /// record; see [`Authenticator::authenticate_caller`].
+    pub fn with_audit_claims(mut self, names: &[String]) -> Self {
+        self.audit_claims = names.into();
+        self
     }
 
     /// Checks a request's credentials. `Ok(None)` when authentication is off.
@@ -143,6 +159,17 @@ impl Authenticator {
         headers: &HeaderMap,
         query: Option<&str>,
     ) -> Result<Option<Subject>, AuthError> {
+        let caller = self.authenticate_caller(headers, query).await?;
+        Ok(caller.map(|(subject, _)| subject))
+    }
+
+    /// [`Authenticator::authenticate`], with the claims `audit.claims` names (empty
+    /// unless in jwt mode).
+    pub async fn authenticate_caller(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Option<(Subject, AuditClaims)>, AuthError> {
         match &*self.inner {
             Mode::Open => Ok(None),
             Mode::ApiKeys(keys) => {
@@ -159,7 +186,7 @@ impl Authenticator {
                 let subject = keys
                     .check(presented)
                     .ok_or_else(|| AuthError::invalid("The API key is not valid."))?;
-                Ok(Some(Subject(subject.to_owned())))
+                Ok(Some((Subject(subject.to_owned()), AuditClaims::default())))
             }
             Mode::Jwt {
                 verifier,
@@ -186,7 +213,9 @@ impl Authenticator {
                         from_cookie
                     }
                 };
-                verifier.verify(&token).await.map(|sub| Some(Subject(sub)))
+                let subject = verifier.verify(&token).await?;
+                let claims = jwt::copy_claims(&token, &self.audit_claims);
+                Ok(Some((Subject(subject), claims)))
             }
         }
     }
@@ -208,5 +237,39 @@ impl Authenticator {
             Mode::Jwt { verifier, .. } => verifier.jwks().map(|jwks| jwks.fetches()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn audit_claims_are_the_listed_scalars_with_long_strings_cut() {
+        let payload = json!({"sub": "u", "org_id": "acme", "long": "x".repeat(300),
+            "admin": true, "tier": 3, "roles": ["a"], "meta": {"a": 1}, "gone": null});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &payload,
+            &jsonwebtoken::EncodingKey::from_secret(b"test-only"),
+        )
+        .unwrap();
+        let names = [
+            "org_id", "long", "admin", "tier", "roles", "meta", "gone", "absent",
+        ]
+        .map(String::from);
+        let AuditClaims(copied) = jwt::copy_claims(&token, &names);
+        let long = format!("{}…", "x".repeat(256));
+        assert_eq!(
+            copied,
+            [
+                ("org_id".into(), json!("acme")),
+                ("long".into(), json!(long)),
+                ("admin".into(), json!(true)),
+                ("tier".into(), json!(3)),
+            ]
+        );
+        assert!(jwt::copy_claims(&token, &[]).0.is_empty());
     }
 }

@@ -195,6 +195,8 @@ fn extract(
         redis: section(&figment, "redis", problems),
         pool: section(&figment, "pool", problems),
         relay: section(&figment, "relay", problems),
+        quota: section(&figment, "quota", problems),
+        audit: section(&figment, "audit", problems),
         log: section(&figment, "log", problems),
     };
     if mode == Mode::Serve && !is_set(&figment, "orga.api_key") {

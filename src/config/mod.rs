@@ -13,6 +13,7 @@ mod load;
 mod orga;
 pub mod parse;
 mod pool;
+mod quota;
 mod rate_limit;
 mod redis;
 mod relay;
@@ -28,6 +29,7 @@ pub use load::{ConfigError, ConfigSource, Mode, load, load_lenient};
 pub use orga::{BaseUrl, Email, OrgaConfig};
 pub use parse::duration::parse as parse_duration;
 pub use pool::PoolConfig;
+pub use quota::{AuditConfig, AuditSink, QuotaConfig};
 pub use rate_limit::{Backend, PerSubjectConfig, RateLimitConfig, RedisFailure, TrustedProxies};
 pub use redis::{CaFile, RedisConfig, RedisUrl};
 pub use relay::{
@@ -60,6 +62,10 @@ pub struct Config {
     pub pool: PoolConfig,
     /// The opt-in relay of the SDK's call start, and its session policy.
     pub relay: RelayConfig,
+    /// Credentials per UTC day.
+    pub quota: QuotaConfig,
+    /// The record of every credential issued.
+    pub audit: AuditConfig,
     /// Log output.
     pub log: LogConfig,
 }
@@ -80,6 +86,8 @@ impl Config {
         self.redis.check(&mut problems);
         self.pool.check(&mut problems);
         self.relay.check(&mut problems);
+        self.quota.check(&mut problems);
+        self.audit.check(&mut problems);
         self.log.check(&mut problems);
         validate::across_sections(self, &mut problems);
         problems.0

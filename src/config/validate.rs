@@ -3,6 +3,7 @@
 //! listens.
 
 use super::Config;
+use super::auth::AuthMode;
 use super::cors::AllowedOrigins;
 use super::load::problem;
 use super::rate_limit::Backend;
@@ -86,6 +87,7 @@ pub(super) fn across_sections(config: &Config, problems: &mut Problems) {
             "required with rate_limit.backend = \"redis\", e.g. \"redis://redis:6379/0\"",
         );
     }
+    quota_and_audit(config, problems);
     let origins: &AllowedOrigins = &config.cors.allowed_origins;
     if origins.allows_any() && config.cors.allow_credentials {
         problems.add(
@@ -101,9 +103,50 @@ pub(super) fn across_sections(config: &Config, problems: &mut Problems) {
     }
 }
 
+/// A per-subject quota needs a subject, and JWT claims need JWTs.
+fn quota_and_audit(config: &Config, problems: &mut Problems) {
+    let mode = config.auth.mode;
+    if config.quota.per_subject_per_day > 0 && mode == AuthMode::None {
+        problems.add(
+            "quota.per_subject_per_day",
+            "needs an authenticated subject, but auth.mode is \"none\": set auth.mode, or use quota.per_client_per_day",
+        );
+    }
+    if !config.audit.claims.is_empty() && mode != AuthMode::Jwt {
+        problems.add(
+            "audit.claims",
+            "copies JWT claims into audit records, but auth.mode is not \"jwt\"; remove the claims or set auth.mode = \"jwt\"",
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subject_quota_without_auth_and_claims_without_jwt_are_refused_by_name() {
+        let mut config = Config::default();
+        config.quota.per_subject_per_day = 10;
+        config.audit.claims = vec!["org_id".into()];
+        let problems = config.problems().join("\n");
+        assert!(
+            problems.contains("quota.per_subject_per_day (ORGA_PROXY_QUOTA__PER_SUBJECT_PER_DAY): needs an authenticated subject"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("audit.claims (ORGA_PROXY_AUDIT__CLAIMS)"),
+            "{problems}"
+        );
+        config.auth.mode = AuthMode::ApiKey;
+        config.auth.api_keys = vec!["k".repeat(32)].try_into().unwrap();
+        let problems = config.problems().join("\n");
+        assert!(
+            !problems.contains("quota.per_subject_per_day"),
+            "{problems}"
+        );
+        assert!(problems.contains("audit.claims"), "{problems}");
+    }
 
     #[test]
     fn ranges_name_their_bounds() {

@@ -1,5 +1,6 @@
 //! The credentials route: a fresh ephemeral token and its ICE servers on every call.
 
+use crate::audit::Caller;
 use crate::auth::Subject;
 use crate::error::ApiError;
 use crate::metrics::CREDENTIALS_ISSUED;
@@ -13,15 +14,20 @@ use std::time::Instant;
 
 /// `GET` / `POST {server.credentials_path}`. Never cached, never shared: each call
 /// takes a credential from the prefetch pool (handed out once) or mints its own. With
-/// the relay's token binding, the token is recorded for `subject` before it is answered.
+/// `audit.sink` set, it leaves only once its audit record is written; if that fails,
+/// the credential is dropped here, unused, and the caller gets 503. With the relay's token
+/// binding, the token is recorded for the caller's subject before either.
 pub async fn credentials(
     State(state): State<AppState>,
     subject: Option<Extension<Subject>>,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
     if let Some(relay) = &state.relay {
         relay.ensure_room()?;
     }
-    let credentials = match state.pool.as_ref().and_then(|pool| pool.take()) {
+    let pooled = state.pool.as_ref().and_then(|pool| pool.take());
+    let pool_hit = pooled.is_some();
+    let credentials = match pooled {
         Some(credentials) => {
             crate::telemetry::note_pool_hit();
             credentials
@@ -40,6 +46,10 @@ pub async fn credentials(
         let subject = subject.as_ref().map(|Extension(s)| s.as_str());
         relay.bind_issued(&credentials, subject).await?;
     }
+    state
+        .audit
+        .credential_issued(caller, &credentials, pool_hit)
+        .await?;
     metrics::counter!(CREDENTIALS_ISSUED).increment(1);
     Ok(respond(credentials))
 }

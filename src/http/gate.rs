@@ -1,14 +1,14 @@
 //! The gate in front of the service's billable routes (credentials, and the relay),
 //! one small stage each, composed in [`super::router`]: who the client is and its rate
-//! limit, then who the caller is, then the caller's own limit. Load shedding comes after
-//! them (tower's `LoadShed` over a shared concurrency limit), so refused callers never
-//! hold a slot. A stage that admits with a budget puts its `RateLimit-*` headers on the
+//! limit, then who the caller is, then the caller's own limit, then (credentials only)
+//! the daily quotas. Load shedding comes after them (tower's `LoadShed` over a shared
+//! concurrency limit), so refused callers never hold a slot. A stage that admits with a budget puts its `RateLimit-*` headers on the
 //! answer, refusals from later stages included.
 
 use crate::auth::{AuthError, Subject};
 use crate::error::ApiError;
 use crate::metrics::REQUESTS_SHED;
-use crate::ratelimit::Decision;
+use crate::ratelimit::{Client, Decision};
 use crate::state::AppState;
 use axum::BoxError;
 use axum::extract::{ConnectInfo, Request, State};
@@ -40,21 +40,25 @@ pub async fn limit_client(
     .await
 }
 
-/// Stage 2: the caller's credentials (`auth.mode`). The subject goes into the request
-/// for later stages and onto the request's log line.
+/// Stage 2: the caller's credentials (`auth.mode`). The subject (and the JWT claims
+/// `audit.claims` names) go into the request for later stages and the audit record, and
+/// the subject onto the request's log line.
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let subject = state
+    let caller = state
         .authenticator
-        .authenticate(request.headers(), request.uri().query())
+        .authenticate_caller(request.headers(), request.uri().query())
         .await;
-    match subject {
-        Ok(Some(subject)) => {
+    match caller {
+        Ok(Some((subject, claims))) => {
             crate::telemetry::note_subject(subject.as_str());
             request.extensions_mut().insert(subject);
+            if !claims.0.is_empty() {
+                request.extensions_mut().insert(claims);
+            }
             next.run(request).await
         }
         Ok(None) => next.run(request).await,
@@ -106,6 +110,33 @@ async fn within_budget(
     let mut response = next.run(request).await;
     if let Some(decision) = decision {
         decision.apply(response.headers_mut());
+    }
+    response
+}
+
+/// Stage 4 (credentials only, when a quota is on): one credential of each daily quota
+/// that applies (`[quota]`: the subject's, the client's, the service's) is reserved
+/// before the handler runs, and kept only if it answers 2xx. Any other answer, or the
+/// request dropped half-way (its client gone, its deadline passed), gives it back:
+/// a failed upstream call costs no quota, and concurrent requests cannot overshoot.
+pub async fn limit_quota(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let reservation = state
+        .quotas
+        .reserve(
+            request.extensions().get::<Subject>().map(Subject::as_str),
+            request
+                .extensions()
+                .get::<Client>()
+                .map(|client| &client.key),
+        )
+        .await;
+    let reservation = match reservation {
+        Ok(reservation) => reservation,
+        Err(refused) => return refused.into_response(),
+    };
+    let response = next.run(request).await;
+    if response.status().is_success() {
+        reservation.keep();
     }
     response
 }

@@ -42,9 +42,10 @@ pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 ///
 /// The service's own routes add, outermost first: CORS ([`cors`]), the body limit and
 /// the request deadline; then, on the billable methods only, the gate ([`gate`]): the
-/// client's rate limit, authentication, the subject's rate limit, and load shedding.
-/// Health and readiness never reach the gate, nor do CORS preflights. With
-/// `relay.enabled`, the call start has a gate of its own ([`relay_gate`]).
+/// client's rate limit, authentication, the subject's rate limit, on the credentials
+/// route the daily quotas, and load shedding. Health and readiness never reach the gate,
+/// nor do CORS preflights. With `relay.enabled`, the call start has a gate of its own
+/// ([`relay_gate`]).
 pub fn router(state: AppState) -> Router {
     let edge = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([
@@ -98,19 +99,25 @@ fn credentials_methods(state: &AppState) -> MethodRouter<AppState> {
         .post(credentials::credentials)
         .head(|| async { not_allowed("GET, POST") })
         .fallback(|| async { not_allowed("GET, POST") })
-        .route_layer(billable_gate(state))
+        .route_layer(credentials_gate(state))
 }
 
 /// The gate's layers, type-erased so every billable route can take them.
 pub type Gate = BoxCloneSyncServiceLayer<Route, Request, Response, Infallible>;
 
-/// The gate's stages, outermost first (see [`gate`]).
-pub fn billable_gate(state: &AppState) -> Gate {
+/// The credentials route's gate, outermost first (see [`gate`]); the daily quotas
+/// stage only when a quota is on.
+fn credentials_gate(state: &AppState) -> Gate {
+    let quotas = state
+        .quotas
+        .is_enabled()
+        .then(|| from_fn_with_state(state.clone(), gate::limit_quota));
     BoxCloneSyncServiceLayer::new(
         ServiceBuilder::new()
             .layer(from_fn_with_state(state.clone(), gate::limit_client))
             .layer(from_fn_with_state(state.clone(), gate::authenticate))
             .layer(from_fn_with_state(state.clone(), gate::limit_subject))
+            .option_layer(quotas)
             .layer(HandleErrorLayer::new(gate::overloaded))
             .load_shed()
             .layer(GlobalConcurrencyLimitLayer::with_semaphore(

@@ -9,6 +9,7 @@
 //! without a token can probe the session policy. Then [`start_call`] parses the body,
 //! applies the policy and relays offer and params, nothing else, to Orga.
 
+use crate::audit::{AuditRecord, Caller};
 use crate::error::ApiError;
 use crate::metrics::{RELAY_CALLS, RELAY_POLICY_VIOLATIONS, RELAY_TOKEN_REFUSALS};
 use crate::orga::{Call, EphemeralToken, OrgaError};
@@ -79,10 +80,14 @@ pub async fn redeem_token(
     next.run(request).await
 }
 
-/// `POST /v1/realtime/calls`, for a caller the token stage admitted.
+/// `POST /v1/realtime/calls`, for a caller the token stage admitted. With
+/// `audit.sink` set, the call's record (whatever its outcome) is written before the
+/// answer leaves; an answer whose record cannot be written is not handed out (503), like
+/// a credential: the conversation Orga started then goes unused.
 pub async fn start_call(
     State(state): State<AppState>,
     Extension(caller): Extension<RelayCaller>,
+    mut audit_caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -90,8 +95,28 @@ pub async fn start_call(
         subject: caller.subject.clone(),
         ..RelayedCall::default()
     };
-    let result = relay(&state, &caller, &headers, body, &mut facts).await;
+    let mut result = relay(&state, &caller, &headers, body, &mut facts).await;
     facts.note();
+    if state.audit.is_enabled() {
+        // No auth stage runs here: the subject is the one the token was issued to.
+        audit_caller.subject = caller.subject.clone();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.code(),
+        };
+        let record = AuditRecord::relay(
+            audit_caller,
+            &caller.token,
+            outcome,
+            facts.conversation_id.clone(),
+            facts.decisions.as_map(),
+        );
+        if let Err(refused) = state.audit.record(record).await {
+            if result.is_ok() {
+                result = Err(ApiError::from(refused));
+            }
+        }
+    }
     counted(result)
 }
 

@@ -84,6 +84,16 @@ impl Action {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Decisions(pub Vec<(Param, Action)>);
 
+impl Decisions {
+    /// Each parameter and what was done to it, for the audit record.
+    pub fn as_map(&self) -> std::collections::BTreeMap<String, String> {
+        self.0
+            .iter()
+            .map(|(param, action)| (param.as_str().to_owned(), action.as_str().to_owned()))
+            .collect()
+    }
+}
+
 impl fmt::Display for Decisions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, (param, action)) in self.0.iter().enumerate() {

@@ -265,6 +265,20 @@ impl Proxy {
             .expect("the proxy answers")
     }
 
+    /// Sends `signal` (`"HUP"`, `"TERM"`...) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Everything it printed so far.
+    pub(crate) fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
     /// Sends SIGTERM and returns the exit status and everything it printed.
     pub(crate) fn stop(mut self) -> (Option<i32>, String) {
         let _ = Command::new("kill")
@@ -363,7 +377,7 @@ async fn healthcheck_exits_0_on_a_live_server_and_1_otherwise() {
     assert_eq!(down.status.code(), Some(1));
 }
 
-fn tempdir() -> std::path::PathBuf {
+pub(crate) fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("orga-proxy-test-{}", uuid_like()));
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -117,24 +117,19 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
 
 /// The proxy against any upstream (a wiremock server, a closed port...).
 pub async fn spawn_app_against(base_url: &str, customize: impl FnOnce(&mut Config)) -> TestApp {
-    spawn(base_url, customize).await
+    spawn(base_url, Clock::system(), customize).await
 }
 
-/// The proxy against `base_url`, every component reading time from `clock` (a
-/// [`Clock::manual`] the test advances).
-pub async fn spawn_app_on_clock(
+/// The proxy against `base_url`, every component reading time from `clock`.
+pub async fn spawn_app_with_clock(
     base_url: &str,
     clock: Clock,
     customize: impl FnOnce(&mut Config),
 ) -> TestApp {
-    spawn_on(base_url, clock, customize).await
+    spawn(base_url, clock, customize).await
 }
 
-async fn spawn(base_url: &str, customize: impl FnOnce(&mut Config)) -> TestApp {
-    spawn_on(base_url, Clock::system(), customize).await
-}
-
-async fn spawn_on(base_url: &str, clock: Clock, customize: impl FnOnce(&mut Config)) -> TestApp {
+async fn spawn(base_url: &str, clock: Clock, customize: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(base_url);
     customize(&mut config);
     let credentials_path = config.server.credentials_path.clone();

@@ -1,6 +1,7 @@
-//! A real `redis-server` for the tests that need one (rate limits, relay token binding,
-//! TLS and passwords): started on a free 127.0.0.1 port, killed when dropped. Without `redis-server` a test
-//! prints a loud SKIPPED line, except in CI (`CI=true`), where it fails.
+//! A real `redis-server` for the tests that need one (rate limits, quotas, relay token
+//! binding, TLS and passwords): started on a free 127.0.0.1 port, killed when dropped.
+//! Without `redis-server` a test prints a loud SKIPPED line, except in CI (`CI=true`),
+//! where it fails.
 
 use crate::helpers::find_tool;
 use std::io::{Read, Write};

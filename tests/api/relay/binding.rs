@@ -76,7 +76,7 @@ async fn racing_call_starts_with_one_token_reach_orga_once() {
 async fn a_token_past_orgas_expiry_is_401_without_calling_orga() {
     let orga = recording_orga(call_answer(), Some(60)).await;
     let clock = Clock::manual(SystemTime::now());
-    let app = spawn_app_on_clock(&orga.uri(), clock.clone(), |c| c.relay.enabled = true).await;
+    let app = spawn_app_with_clock(&orga.uri(), clock.clone(), |c| c.relay.enabled = true).await;
     let (fresh, stale) = (token_from(&app).await, token_from(&app).await);
     assert_eq!(
         start(&app, &fresh, &sdk_body(OFFER_SDP)).await.status(),
@@ -96,7 +96,7 @@ async fn a_token_past_orgas_expiry_is_401_without_calling_orga() {
 async fn without_an_expiry_from_orga_a_binding_lives_relay_token_ttl() {
     let orga = recording_orga(call_answer(), None).await;
     let clock = Clock::manual(SystemTime::now());
-    let app = spawn_app_on_clock(&orga.uri(), clock.clone(), |c| {
+    let app = spawn_app_with_clock(&orga.uri(), clock.clone(), |c| {
         c.relay.enabled = true;
         c.relay.token_ttl = Duration::from_secs(120);
     })
