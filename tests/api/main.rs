@@ -9,6 +9,7 @@ mod credentials;
 mod drain;
 mod gated_upstream;
 mod helpers;
+mod http2;
 mod http_edge;
 mod metrics;
 mod mock_upstream;
