@@ -14,7 +14,21 @@ const BIN: &str = env!("CARGO_BIN_EXE_orga-proxy");
 /// The binary with a clean environment: no inherited ORGA_* or PORT, and a working
 /// directory without a config/orga-proxy.toml.
 pub(crate) fn command(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
+    clean(Command::new(BIN), args)
+}
+
+/// As [`command`], run under a shell that first lowers the open-file limit to `limit`.
+pub(crate) fn command_under_fd_limit(limit: u32, args: &[&str]) -> Command {
+    let mut shell = Command::new("sh");
+    shell.args([
+        "-c",
+        &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+        BIN,
+    ]);
+    clean(shell, args)
+}
+
+fn clean(mut command: Command, args: &[&str]) -> Command {
     command
         .args(args)
         .env_clear()
@@ -190,10 +204,36 @@ fn help_and_version_describe_the_binary() {
 pub(crate) struct Proxy {
     child: Child,
     output: Arc<Mutex<String>>,
+    /// The public listener's address.
     pub(crate) addr: String,
+    /// The metrics listener's address, when it is on.
+    pub(crate) metrics_addr: Option<String>,
+}
+
+/// A field of the "orga-proxy listening" line, JSON or text (`key=value`, read past
+/// any colour codes, which a test of their absence must get far enough to see).
+fn listening_field(line: &str, key: &str) -> Option<String> {
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json[key].as_str().map(str::to_owned);
+    }
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // `ESC [ ... m`: skip to the final letter.
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    let value = plain
+        .split(' ')
+        .find_map(|field| field.strip_prefix(&format!("{key}=")))?;
+    Some(value.to_owned())
 }
 
 impl Proxy {
+    /// Starts `command` and waits until it logs that it listens.
     pub(crate) fn start(command: &mut Command) -> Proxy {
         let mut child = command
             .stdin(Stdio::null())
@@ -214,41 +254,93 @@ impl Proxy {
             });
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
+        let line = loop {
             let text = output.lock().unwrap().clone();
-            let listening = text.lines().find(|l| l.contains("orga-proxy listening"));
-            if let Some(line) = listening {
-                let json: serde_json::Value = serde_json::from_str(line).unwrap();
-                break json["listen"].as_str().unwrap().to_owned();
+            if let Some(line) = text.lines().find(|l| l.contains("orga-proxy listening")) {
+                break line.to_owned();
             }
-            assert!(Instant::now() < deadline, "proxy did not start:\n{text}");
+            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("proxy did not start:\n{text}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         };
         Proxy {
             child,
             output,
-            addr,
+            addr: listening_field(&line, "listen").unwrap_or_default(),
+            metrics_addr: listening_field(&line, "metrics_listen").filter(|a| a != "off"),
         }
+    }
+
+    /// Everything it printed so far.
+    pub(crate) fn logs(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until it has printed `needle` `times` times in all; panics after 20 s.
+    pub(crate) fn wait_for_log(&self, needle: &str, times: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let logs = self.logs();
+            if logs.matches(needle).count() >= times {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} was not logged {times} time(s):\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal, by name (`HUP`, `TERM`...).
+    pub(crate) fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{name} failed");
+    }
+
+    /// True while the process has not exited.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// Sends SIGTERM and returns the exit status and everything it printed.
     pub(crate) fn stop(mut self) -> (Option<i32>, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        if self.is_running() {
+            self.signal("TERM");
+        }
+        self.wait()
+    }
+
+    /// Waits for the process to exit (it has been told to); its status and output.
+    pub(crate) fn wait(mut self) -> (Option<i32>, String) {
         let deadline = Instant::now() + Duration::from_secs(15);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("proxy did not stop on SIGTERM");
-            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not exit:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
+        // Let the reader threads take the last lines.
         std::thread::sleep(Duration::from_millis(100));
-        (status.code(), self.output.lock().unwrap().clone())
+        (status.code(), self.logs())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // A failed test must not leave the process behind; after a wait this is a no-op.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -343,4 +435,27 @@ fn uuid_like() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+#[tokio::test]
+async fn text_logs_carry_no_colour_codes_when_stdout_is_not_a_terminal() {
+    let upstream = spawn_mock_upstream(MockOptions::default()).await;
+    let proxy = Proxy::start(
+        command(&["serve"])
+            .env("ORGA_API_KEY", TEST_API_KEY)
+            .env("ORGA_USER_EMAIL", TEST_EMAIL)
+            .env("ORGA_BASE_URL", &upstream)
+            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0")
+            .env("ORGA_PROXY_LOG__FORMAT", "text"),
+    );
+    let url = format!("http://{}/healthz", proxy.addr);
+    assert_eq!(client().get(url).send().await.unwrap().status(), 200);
+    let logs = proxy.wait_for_log("request finished", 1);
+    assert!(
+        !logs.contains('\u{1b}'),
+        "escape codes in logs written to a pipe:\n{logs:?}"
+    );
+    assert!(logs.contains(" INFO "), "text lines:\n{logs}");
+    let (status, _) = proxy.stop();
+    assert_eq!(status, Some(0));
 }
