@@ -4,6 +4,7 @@
 use crate::helpers::*;
 use orga_proxy::orga::mock::MockOptions;
 use orga_proxy::secret::Secret;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -458,4 +459,159 @@ async fn text_logs_carry_no_colour_codes_when_stdout_is_not_a_terminal() {
     assert!(logs.contains(" INFO "), "text lines:\n{logs}");
     let (status, _) = proxy.stop();
     assert_eq!(status, Some(0));
+}
+
+/// Runs `serve` with these variables added to a valid configuration and returns its
+/// exit status and stderr; panics if it starts listening instead of refusing.
+fn refuses_to_start(variables: &[(&str, &OsStr)]) -> (Option<i32>, String) {
+    let mut command = command(&["serve"]);
+    command
+        .env("ORGA_API_KEY", TEST_API_KEY)
+        .env("ORGA_USER_EMAIL", TEST_EMAIL)
+        .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0");
+    for (name, value) in variables {
+        command.env(name, value);
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "it started with {variables:?}:\n{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.stdout.is_empty(),
+        "nothing is logged: nothing started"
+    );
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn text(value: &str) -> &OsStr {
+    OsStr::new(value)
+}
+
+#[test]
+fn trusted_proxy_ranges_that_trust_everyone_or_have_host_bits_set_do_not_start() {
+    const KEY: &str = "rate_limit.trusted_proxies (ORGA_PROXY_RATE_LIMIT__TRUSTED_PROXIES)";
+    for everyone in ["0.0.0.0/1,128.0.0.0/1", "::/1,8000::/1"] {
+        let (status, stderr) =
+            refuses_to_start(&[("ORGA_PROXY_RATE_LIMIT__TRUSTED_PROXIES", text(everyone))]);
+        assert_eq!(status, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(KEY) && stderr.contains("every address"),
+            "{stderr}"
+        );
+    }
+    let (status, stderr) =
+        refuses_to_start(&[("ORGA_PROXY_RATE_LIMIT__TRUSTED_PROXIES", text("1.2.3.4/8"))]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(KEY) && stderr.contains("1.0.0.0/8"),
+        "the network meant is named: {stderr}"
+    );
+}
+
+#[test]
+fn durations_longer_than_any_setting_allows_do_not_start() {
+    for key in ["REQUEST_TIMEOUT", "HEADER_READ_TIMEOUT"] {
+        let variable = format!("ORGA_PROXY_SERVER__{key}");
+        let (status, stderr) = refuses_to_start(&[(&variable, text("300000000000y"))]);
+        assert_eq!(status, Some(2), "{stderr}");
+        let named = format!("server.{} ({variable})", key.to_ascii_lowercase());
+        assert!(stderr.contains(&named), "{named} missing:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_variable_that_is_not_utf8_does_not_start_and_names_its_key() {
+    use std::os::unix::ffi::OsStrExt;
+    let mode = OsStr::from_bytes(b"api_key\xff");
+    // Skipped, it would leave auth.mode at "none": anyone could mint tokens.
+    let (status, stderr) = refuses_to_start(&[("ORGA_PROXY_AUTH__MODE", mode)]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("auth.mode (ORGA_PROXY_AUTH__MODE)") && stderr.contains("UTF-8"),
+        "{stderr}"
+    );
+    // The conventional aliases too, and the value is not echoed.
+    let key = OsStr::from_bytes(b"sk_orga_ai_canary\xff");
+    let (status, stderr) = refuses_to_start(&[("ORGA_API_KEY", key)]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("orga.api_key ("), "{stderr}");
+    assert!(
+        stderr.contains("ORGA_API_KEY is not valid UTF-8"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("canary"), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("  ")).count(),
+        1,
+        "one problem, not also \"required\": {stderr}"
+    );
+}
+
+#[test]
+fn a_toml_error_on_an_unquoted_number_never_prints_the_digits() {
+    let dir = tempdir();
+    let file = dir.join("digits.toml");
+    std::fs::write(&file, "[orga]\napi_key = 987654321098765432109876543210\n").unwrap();
+    let (status, stderr) = refuses_to_start(&[("ORGA_PROXY_CONFIG", file.as_os_str())]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("TOML syntax error at line 2"), "{stderr}");
+    assert!(
+        !stderr.contains("98765432109876"),
+        "the value leaked: {stderr}"
+    );
+}
+
+#[test]
+fn origins_with_a_wildcard_host_do_not_start_and_the_hint_says_to_list_them() {
+    for pattern in ["https://*.example.com", "https://app.*.com"] {
+        let (status, stderr) =
+            refuses_to_start(&[("ORGA_PROXY_CORS__ALLOWED_ORIGINS", text(pattern))]);
+        assert_eq!(status, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("cors.allowed_origins (ORGA_PROXY_CORS__ALLOWED_ORIGINS)"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("can never match") && stderr.contains("list each origin"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn any_origin_with_a_jwt_cookie_does_not_start() {
+    let (status, stderr) = refuses_to_start(&[
+        ("ORGA_PROXY_CORS__ALLOWED_ORIGINS", text("*")),
+        ("ORGA_PROXY_AUTH__MODE", text("jwt")),
+        (
+            "ORGA_PROXY_AUTH__JWT__SECRET",
+            text("0123456789abcdef0123456789abcdef-canary"),
+        ),
+        ("ORGA_PROXY_AUTH__JWT__COOKIE", text("session")),
+    ]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cors.allowed_origins (ORGA_PROXY_CORS__ALLOWED_ORIGINS)")
+            && stderr.contains("auth.jwt.cookie"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("canary"), "{stderr}");
 }
