@@ -48,6 +48,9 @@ pub const POOL_HITS: &str = "orga_proxy_pool_hits_total";
 pub const POOL_MISSES: &str = "orga_proxy_pool_misses_total";
 /// Prefetch pool: credentials discarded unused at `pool.max_age`.
 pub const POOL_DISCARDS: &str = "orga_proxy_pool_discards_total";
+/// Configuration reloads (SIGHUP), by `outcome`: `ok` (applied) or `invalid` (refused,
+/// the running configuration kept).
+pub const CONFIG_RELOADS: &str = "orga_proxy_config_reloads_total";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "orga_proxy_build_info";
 
@@ -132,6 +135,10 @@ fn describe() {
         POOL_DISCARDS,
         "Prefetched credentials discarded unused at pool.max_age."
     );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads on SIGHUP, by outcome: ok (applied) or invalid (refused, the running configuration kept)."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 
     // Series without labels exist from the start, so alerts and rate() see a 0
@@ -145,6 +152,9 @@ fn describe() {
         CIRCUIT_REJECTED,
     ] {
         metrics::counter!(name).absolute(0);
+    }
+    for outcome in ["ok", "invalid"] {
+        metrics::counter!(CONFIG_RELOADS, "outcome" => outcome).absolute(0);
     }
     metrics::gauge!(HTTP_IN_FLIGHT).set(0.0);
     metrics::gauge!(CIRCUIT_STATE).set(0.0);

@@ -279,13 +279,21 @@ impl Proxy {
         self.output.lock().unwrap().clone()
     }
 
-    /// Waits until it has printed `needle` `times` times in all; panics after 20 s.
-    pub(crate) fn wait_for_log(&self, needle: &str, times: usize) -> String {
+    /// Waits until it has printed `needle` `times` times in all; panics if it exits
+    /// first, or after 20 s.
+    pub(crate) fn wait_for_log(&mut self, needle: &str, times: usize) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let logs = self.logs();
             if logs.matches(needle).count() >= times {
                 return logs;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "it exited ({status}) before logging {needle:?}:\n{}",
+                    self.logs()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -441,7 +449,7 @@ fn uuid_like() -> String {
 #[tokio::test]
 async fn text_logs_carry_no_colour_codes_when_stdout_is_not_a_terminal() {
     let upstream = spawn_mock_upstream(MockOptions::default()).await;
-    let proxy = Proxy::start(
+    let mut proxy = Proxy::start(
         command(&["serve"])
             .env("ORGA_API_KEY", TEST_API_KEY)
             .env("ORGA_USER_EMAIL", TEST_EMAIL)

@@ -299,7 +299,7 @@ async fn a_request_the_parser_refuses_gets_its_bare_400() {
 #[tokio::test]
 async fn a_long_unknown_path_is_not_logged_whole() {
     let upstream = spawn_mock_upstream(Default::default()).await;
-    let proxy = Proxy::start(
+    let mut proxy = Proxy::start(
         command(&["serve"])
             .env("ORGA_API_KEY", TEST_API_KEY)
             .env("ORGA_USER_EMAIL", TEST_EMAIL)

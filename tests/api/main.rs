@@ -16,6 +16,7 @@ mod mock_upstream;
 mod pool;
 mod ratelimit;
 mod ratelimit_redis;
+mod reload;
 mod resilience;
 mod serving;
 mod upstream_errors;
