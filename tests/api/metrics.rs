@@ -207,11 +207,24 @@ async fn silent_and_half_sent_connections_to_the_metrics_port_are_closed_after_t
 async fn connections_past_the_metrics_cap_are_closed_at_once_while_both_ports_keep_answering() {
     let app =
         spawn_with_metrics_and(|c| c.server.header_read_timeout = Duration::from_secs(5)).await;
-    // A scraper's keep-alive connection, opened first: it holds one of the slots.
-    let scraper = client();
-    let scrape_on =
-        |client: &reqwest::Client| client.get(format!("http://{}/metrics", app.metrics)).send();
-    assert_eq!(scrape_on(&scraper).await.unwrap().status(), 200);
+    // A scraper's keep-alive connection, opened first: it holds one of the slots. (Its
+    // answer is read to the end, or the client would close the connection.)
+    let scraper = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let url = format!("http://{}/metrics", app.metrics);
+    let scrape_on = |client: &reqwest::Client| {
+        let request = client.get(&url).send();
+        async move {
+            let response = request.await.unwrap();
+            let status = response.status();
+            response.text().await.unwrap();
+            status
+        }
+    };
+    assert_eq!(scrape_on(&scraper).await, 200);
     let extra = 8;
     let mut silent = Vec::new();
     for _ in 0..METRICS_CAP - 1 + extra {
@@ -230,7 +243,7 @@ async fn connections_past_the_metrics_cap_are_closed_at_once_while_both_ports_ke
         "exactly the connections past the cap of {METRICS_CAP} are closed at once"
     );
     assert_eq!(
-        scrape_on(&scraper).await.unwrap().status(),
+        scrape_on(&scraper).await,
         200,
         "the scraper's connection keeps answering"
     );
