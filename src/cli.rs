@@ -344,10 +344,15 @@ pub async fn shutdown_signal() {
 /// SIGHUP, SIGQUIT and SIGUSR1: ending the process and every request in flight) for the
 /// rest of the process's life, so this happens before anything listens.
 struct Signals {
+    /// SIGTERM: drain (Docker, Kubernetes).
     terminate: Signal,
+    /// SIGINT: drain (Ctrl-C).
     interrupt: Signal,
+    /// SIGQUIT: drain (the graceful stop of nginx-style images).
     quit: Signal,
+    /// SIGHUP: reload.
     hangup: Signal,
+    /// SIGUSR1: logged, nothing else.
     user1: Signal,
 }
 

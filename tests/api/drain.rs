@@ -3,7 +3,7 @@
 //! returns by `server.shutdown_timeout` even when a client hangs. Also the real binary
 //! on SIGTERM.
 
-use crate::cli::{Proxy, command};
+use crate::binary::{Proxy, command};
 use crate::gated_upstream::{GatedUpstream, hold_a_request};
 use crate::helpers::*;
 use axum::body::Body;

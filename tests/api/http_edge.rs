@@ -1,7 +1,7 @@
 //! The rest of the HTTP edge: probes, JSON 404/405, preflights, request ids, request
 //! limits (target, head, `Host`), and what the parser refuses before a request exists.
 
-use crate::cli::{Proxy, command};
+use crate::binary::{Proxy, command};
 use crate::helpers::*;
 use serde_json::Value;
 use std::time::Duration;

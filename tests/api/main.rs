@@ -2,6 +2,7 @@
 //! embedded one, or wiremock where a test needs to script the upstream).
 
 mod auth;
+mod binary;
 mod browser;
 mod cli;
 mod cors;

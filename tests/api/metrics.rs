@@ -1,7 +1,7 @@
 //! `/metrics`: served on its own listener only, with bounded labels, the public
 //! listener's timeouts and a connection cap, so it can never starve the public port.
 
-use crate::cli::{Proxy, command_under_fd_limit};
+use crate::binary::{Proxy, command_under_fd_limit};
 use crate::helpers::*;
 use orga_proxy::config::Config;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! SIGUSR1 is ignored; SIGQUIT drains like SIGTERM. In process: what `AppState::reload`
 //! changes (API keys, origins, rate-limit numbers).
 
-use crate::cli::{Proxy, command};
+use crate::binary::{Proxy, command};
 use crate::gated_upstream::GatedUpstream;
 use crate::helpers::*;
 use orga_proxy::config::RateLimitConfig;
