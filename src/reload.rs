@@ -129,8 +129,12 @@ fn report(outcome: &Outcome) {
             changed,
             needs_restart,
         } => {
-            let (changed, needs_restart) = (changed.join(", "), needs_restart.join(", "));
-            if needs_restart.is_empty() {
+            let listed = |keys: &[String]| match keys {
+                [] => "none".to_owned(),
+                keys => keys.join(", "),
+            };
+            let (changed, needs_restart) = (listed(changed), listed(needs_restart));
+            if needs_restart == "none" {
                 tracing::info!(%changed, "configuration reloaded");
             } else {
                 tracing::warn!(%changed, %needs_restart, "configuration reloaded; the keys in needs_restart keep their running values until a restart");

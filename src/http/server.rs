@@ -11,14 +11,14 @@
 //!   any silent peer is kept, of either protocol.
 //! - After a GOAWAY (idle or shutdown) hyper waits for the client to acknowledge a ping
 //!   before it closes, which a silent client never does: a connection that still has no
-//!   request open [`GOAWAY_GRACE`] later is closed (Go's HTTP/2 server does the same).
+//!   request open `GOAWAY_GRACE` later is closed (Go's HTTP/2 server does the same).
 //! - A connection must send its first byte within `header_read_timeout` (hyper's
 //!   header timer starts with the first byte), and hyper cuts off a client that
 //!   trickles its headers or idles between keep-alive requests for longer.
 //! - An optional cap on open connections: past it a new connection is closed at once,
 //!   so one listener (the metrics one) can never take every file descriptor.
 //! - Shutdown stops accepting, asks every connection to finish (HTTP/1 keep-alive off,
-//!   HTTP/2 GOAWAY) and waits for them. hyper-util's `GracefulShutdown` does the same
+//!   HTTP/2 GOAWAY) and waits for the requests still open. hyper-util's `GracefulShutdown` does the same
 //!   but cannot be combined with the HTTP/2 idle timeout, so the few lines are here.
 
 use axum::Router;
