@@ -1,9 +1,16 @@
 //! The command line: `serve` (default), `dev`, `mock-upstream`, `check-config`,
 //! `healthcheck`. Exit status 2 means a configuration problem, 1 any other failure.
+//!
+//! Signals (registered before anything listens, so none of them kills the process):
+//! SIGTERM, SIGINT and SIGQUIT drain and exit 0 (SIGQUIT is the graceful stop of nginx
+//! and php-fpm, and the STOPSIGNAL of images built on them); SIGHUP reloads what can
+//! change live ([`crate::reload`]); SIGUSR1 is logged and ignored (logs go to stdout:
+//! there is no file to reopen).
 
-use crate::config::{self, Config, Mode};
+use crate::config::{self, BaseUrl, Config, Mode};
 use crate::http::server::ServeOptions;
 use crate::orga::mock::{self, MockOptions};
+use crate::reload::{Prepare, Reloader};
 use crate::secret::Secret;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -12,6 +19,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Credential proxy for Orga AI realtime sessions: keeps the Orga API key server-side
 /// and hands clients short-lived `{ephemeralToken, iceServers}`.
@@ -34,7 +42,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy (the default).
+    /// Run the proxy (the default). SIGTERM, SIGINT and SIGQUIT drain and exit; SIGHUP
+    /// reloads what can change live (the Orga key, API keys, origins, rate-limit
+    /// numbers), keeping the running configuration if the new one is invalid.
     Serve,
     /// Run the proxy on an embedded fake Orga Cloud: no API key needed, CORS open to
     /// http://localhost:* and http://127.0.0.1:*, listening on 127.0.0.1 only, with the
@@ -87,11 +97,11 @@ pub fn run(cli: Cli) -> ExitCode {
     let path = cli.config.as_deref();
     let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => match load(path, Mode::Serve) {
-            Ok(config) => runtime.block_on(serve(config)),
+            Ok(config) => runtime.block_on(serve(config, cli.config.clone())),
             Err(code) => code,
         },
         Command::Dev => match load(path, Mode::Dev) {
-            Ok(config) => runtime.block_on(dev(config)),
+            Ok(config) => runtime.block_on(dev(config, cli.config.clone())),
             Err(code) => code,
         },
         Command::MockUpstream {
@@ -167,11 +177,23 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ExitCode> {
     })
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     crate::telemetry::init(&config.log);
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(code) => return code,
+    };
     let (listener, metrics) = match bind_both(&config).await {
         Ok(both) => both,
         Err(code) => return code,
+    };
+    let config = Arc::new(config);
+    let (router, state) = match crate::app(config.clone()) {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
     };
     tracing::info!(
         listen = %local_addr(&listener),
@@ -181,7 +203,19 @@ async fn serve(config: Config) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "orga-proxy listening"
     );
-    finish(crate::run_with_metrics(Arc::new(config), listener, metrics, shutdown_signal()).await)
+    let reloader = Reloader::new(path, Mode::Serve, config, Box::new(|_| {}));
+    let stop = signals.until_stop(reloading(reloader, state.clone()));
+    finish(crate::serve_with_metrics(router, state, listener, metrics, stop).await)
+}
+
+/// What SIGHUP does: reopen the audit file (logrotate's `postrotate`; whatever the
+/// configuration says) and reload `state` (see [`crate::reload`]).
+fn reloading(mut reloader: Reloader, state: crate::state::AppState) -> impl FnMut() + Send {
+    move || {
+        state.audit.reopen();
+        tracing::info!("SIGHUP: reloading the configuration");
+        reloader.reload(&state);
+    }
 }
 
 /// Binds the public listener and, unless `server.metrics_listen` is `""`, the metrics one.
@@ -201,8 +235,12 @@ fn local_addr(listener: &TcpListener) -> String {
         .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
 }
 
-async fn dev(mut config: Config) -> ExitCode {
+async fn dev(mut config: Config, path: Option<PathBuf>) -> ExitCode {
     crate::telemetry::init(&config.log);
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(code) => return code,
+    };
     let mock = match bind(SocketAddr::from(([127, 0, 0, 1], 0))).await {
         Ok(l) => l,
         Err(code) => return code,
@@ -214,22 +252,23 @@ async fn dev(mut config: Config) -> ExitCode {
         MOCK_SERVE_OPTIONS,
         std::future::pending(),
     ));
-    let Ok(base_url) = format!("http://{mock_addr}").parse() else {
+    let Ok(base_url) = format!("http://{mock_addr}").parse::<BaseUrl>() else {
         tracing::error!(%mock_addr, "cannot address the embedded fake Orga Cloud");
         return ExitCode::FAILURE;
     };
-    config.orga.base_url = base_url;
-    config.orga.api_key = Secret::new(format!("{}dev_fake", mock::API_KEY_PREFIX));
-    config.cors.allowed_origins = config.cors.allowed_origins.with_local_development();
-    // The SDK's whole call start runs offline with `baseUrl` set to the proxy.
-    config.relay.enabled = true;
-    config.server.listen.set_ip([127, 0, 0, 1].into());
-    if let Some(metrics) = &mut config.server.metrics_listen {
-        metrics.set_ip([127, 0, 0, 1].into());
-    }
+    let prepare: Prepare = Box::new(move |config| dev_overrides(config, &base_url));
+    prepare(&mut config);
     let (listener, metrics) = match bind_both(&config).await {
         Ok(both) => both,
         Err(code) => return code,
+    };
+    let config = Arc::new(config);
+    let (router, state) = match crate::app(config.clone()) {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
     };
     let banner = "DEV MODE: credentials come from an embedded FAKE Orga Cloud and will not open real calls; never expose this";
     let addr = local_addr(&listener);
@@ -238,7 +277,23 @@ async fn dev(mut config: Config) -> ExitCode {
         "\n  *** {banner} ***\n  credentials: http://{addr}{}\n  call start (the SDK's baseUrl): http://{addr}\n",
         config.server.credentials_path
     );
-    finish(crate::run_with_metrics(Arc::new(config), listener, metrics, shutdown_signal()).await)
+    let reloader = Reloader::new(path, Mode::Dev, config, prepare);
+    let stop = signals.until_stop(reloading(reloader, state.clone()));
+    finish(crate::serve_with_metrics(router, state, listener, metrics, stop).await)
+}
+
+/// What `dev` changes in a loaded configuration, at start and on every reload: the
+/// embedded fake Orga Cloud and its key, local origins, loopback listeners.
+fn dev_overrides(config: &mut Config, fake_orga: &BaseUrl) {
+    config.orga.base_url = fake_orga.clone();
+    config.orga.api_key = Secret::new(format!("{}dev_fake", mock::API_KEY_PREFIX));
+    config.cors.allowed_origins = config.cors.allowed_origins.with_local_development();
+    // The SDK's whole call start runs offline with `baseUrl` set to the proxy.
+    config.relay.enabled = true;
+    config.server.listen.set_ip([127, 0, 0, 1].into());
+    if let Some(metrics) = &mut config.server.metrics_listen {
+        metrics.set_ip([127, 0, 0, 1].into());
+    }
 }
 
 /// How the fake serves: a generous limit on silent or slow clients, HTTP/1.1 only.
@@ -296,24 +351,66 @@ async fn healthcheck(url: &str, timeout: Duration) -> ExitCode {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on SIGTERM, SIGINT (Ctrl-C) or SIGQUIT; SIGHUP and SIGUSR1 are logged and
+/// ignored (nothing here to reload). Registers the signals when first polled.
 pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    match Signals::install() {
+        Ok(signals) => {
+            signals
+                .until_stop(|| tracing::info!("SIGHUP ignored: nothing to reload"))
+                .await
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// The signals a server acts on. Registering one replaces its default action (for
+/// SIGHUP, SIGQUIT and SIGUSR1: ending the process and every request in flight) for the
+/// rest of the process's life, so this happens before anything listens.
+struct Signals {
+    /// SIGTERM: drain (Docker, Kubernetes).
+    terminate: Signal,
+    /// SIGINT: drain (Ctrl-C).
+    interrupt: Signal,
+    /// SIGQUIT: drain (the graceful stop of nginx-style images).
+    quit: Signal,
+    /// SIGHUP: reload.
+    hangup: Signal,
+    /// SIGUSR1: logged, nothing else.
+    user1: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, ExitCode> {
+        let register = |kind: SignalKind| {
+            signal(kind).map_err(|error| {
+                tracing::error!(%error, "cannot register a signal handler");
+                ExitCode::FAILURE
+            })
+        };
+        Ok(Self {
+            terminate: register(SignalKind::terminate())?,
+            interrupt: register(SignalKind::interrupt())?,
+            quit: register(SignalKind::quit())?,
+            hangup: register(SignalKind::hangup())?,
+            user1: register(SignalKind::user_defined1())?,
+        })
+    }
+
+    /// Resolves on SIGTERM, SIGINT or SIGQUIT (the caller drains); runs `on_hangup` on
+    /// each SIGHUP meanwhile, and logs SIGUSR1.
+    async fn until_stop(mut self, mut on_hangup: impl FnMut() + Send) {
+        let stop = loop {
+            tokio::select! {
+                _ = self.terminate.recv() => break "SIGTERM",
+                _ = self.interrupt.recv() => break "SIGINT",
+                _ = self.quit.recv() => break "SIGQUIT",
+                _ = self.hangup.recv() => on_hangup(),
+                _ = self.user1.recv() => {
+                    tracing::info!("SIGUSR1 ignored: logs go to stdout, there is nothing to reopen");
+                }
+            }
+        };
+        tracing::info!(signal = stop, "shutdown requested");
     }
 }

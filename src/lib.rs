@@ -16,6 +16,7 @@
 //! - [`store`]: the Redis connection replicas share state through.
 //! - [`error`]: `ApiError`, the one JSON error body at the HTTP edge.
 //! - [`metrics`]: the Prometheus recorder and the separate `/metrics` listener.
+//! - [`reload`]: SIGHUP, what changes live and what needs a restart.
 //! - [`state`], [`readiness`], [`clock`], [`secret`], [`outbound`], [`telemetry`]:
 //!   shared handles, lifecycle, time, secrets, outbound HTTP and logging.
 
@@ -36,6 +37,7 @@ pub mod quota;
 pub mod ratelimit;
 pub mod readiness;
 pub mod relay;
+pub mod reload;
 pub mod secret;
 pub mod state;
 pub mod store;
@@ -145,12 +147,23 @@ pub async fn run_with_metrics(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (router, state) = app(config.clone()).map_err(std::io::Error::other)?;
-    audit::reopen_on_sighup(&state.audit);
+    let (router, state) = app(config).map_err(std::io::Error::other)?;
+    serve_with_metrics(router, state, listener, metrics_listener, shutdown).await
+}
+
+/// [`serve`], plus `/metrics` on `metrics_listener`, as [`run_with_metrics`] does: for a
+/// caller that keeps the state (the binary reloads it on SIGHUP).
+pub async fn serve_with_metrics(
+    router: axum::Router,
+    state: AppState,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = metrics_listener.map(|listener| {
         let options = ServeOptions {
-            header_read_timeout: config.server.header_read_timeout,
+            header_read_timeout: state.config.server.header_read_timeout,
             http2: false,
             max_connections: Some(METRICS_MAX_CONNECTIONS),
         };

@@ -76,6 +76,9 @@ pub const AUDIT_RECORDS: &str = "orga_proxy_audit_records_total";
 pub const AUDIT_WRITE_FAILURES: &str = "orga_proxy_audit_write_failures_total";
 /// Audit records waiting for the writer.
 pub const AUDIT_QUEUE_DEPTH: &str = "orga_proxy_audit_queue_depth";
+/// Configuration reloads (SIGHUP), by `outcome`: `ok` (applied) or `invalid` (refused,
+/// the running configuration kept).
+pub const CONFIG_RELOADS: &str = "orga_proxy_config_reloads_total";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "orga_proxy_build_info";
 
@@ -202,6 +205,10 @@ fn describe() {
         "Failed writes to the audit sink; the credentials waiting on them were refused."
     );
     describe_gauge!(AUDIT_QUEUE_DEPTH, "Audit records waiting for the writer.");
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads on SIGHUP, by outcome: ok (applied) or invalid (refused, the running configuration kept)."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 
     // Series without labels exist from the start, so alerts and rate() see a 0
@@ -218,6 +225,9 @@ fn describe() {
         AUDIT_WRITE_FAILURES,
     ] {
         metrics::counter!(name).absolute(0);
+    }
+    for outcome in ["ok", "invalid"] {
+        metrics::counter!(CONFIG_RELOADS, "outcome" => outcome).absolute(0);
     }
     metrics::gauge!(HTTP_IN_FLIGHT).set(0.0);
     metrics::gauge!(CIRCUIT_STATE).set(0.0);

@@ -147,8 +147,11 @@ impl Inner {
         let expires_soon = match credentials.expires_at {
             Some(Expiry::Unix(at)) => {
                 let deadline = std::time::SystemTime::now() + MIN_REMAINING_LIFETIME;
-                let at = std::time::UNIX_EPOCH + Duration::from_secs(at);
-                at <= deadline
+                // Upstream's number: one too far out to represent is not "soon", and
+                // must not panic the way `+` would.
+                std::time::UNIX_EPOCH
+                    .checked_add(Duration::from_secs(at))
+                    .is_some_and(|at| at <= deadline)
             }
             _ => false,
         };
@@ -346,6 +349,22 @@ mod tests {
             "a token with 5 s left was handed out"
         );
         assert!(pool.stats().discards.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expiry_too_far_out_to_represent_is_kept_not_a_panic() {
+        let mint: Mint = Arc::new(|| {
+            Box::pin(async {
+                Ok(SessionCredentials {
+                    ephemeral_token: EphemeralToken::new("ek_far"),
+                    ice_servers: Vec::new(),
+                    expires_at: Some(Expiry::Unix(u64::MAX)),
+                })
+            })
+        });
+        let pool = CredentialPool::start(&config(1), mint);
+        settle().await;
+        assert!(pool.take().is_some());
     }
 
     #[tokio::test(start_paused = true)]

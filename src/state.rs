@@ -21,7 +21,7 @@ pub struct AppState(Arc<Shared>);
 /// What [`AppState`] holds.
 pub struct Shared {
     /// The validated configuration the process started with (what SIGHUP can change
-    /// lives in the components below, which reload themselves).
+    /// lives in the components below, which reload themselves: see `crate::reload`).
     pub config: Arc<Config>,
     /// `[cors]`, replaced by SIGHUP.
     pub cors: Arc<ArcSwap<CorsConfig>>,

@@ -19,11 +19,12 @@
 //! waiting on it are refused with 503 `unavailable` and their tokens discarded unused
 //! (never handed out), `/readyz` turns 503 (`audit`), the failure is logged once and
 //! counted; every second the sink is probed (readiness returns when a probe write
-//! succeeds), and the first record written ends the outage. On shutdown the drain lets in-flight requests finish (each waits for its
-//! record), then [`Audit::shutdown`] writes whatever is still queued.
+//! succeeds), and the first record written ends the outage. On shutdown the drain lets
+//! in-flight requests finish (each waits for its record), then [`Audit::shutdown`] writes
+//! whatever is still queued.
 //!
-//! For logrotate: the file is reopened on SIGHUP ([`Audit::reopen`],
-//! [`reopen_on_sighup`]) and, without one, within a second of being moved away.
+//! For logrotate: the file is reopened on SIGHUP ([`Audit::reopen`], called by the
+//! binary's SIGHUP handler) and, without one, within a second of being moved away.
 
 mod record;
 mod sink;
@@ -32,7 +33,7 @@ mod writer;
 pub use record::{AuditRecord, Caller, fingerprint};
 
 use crate::clock::Clock;
-use crate::config::{AuditConfig, AuditSink};
+use crate::config::AuditConfig;
 use crate::error::ApiError;
 use crate::metrics::AUDIT_QUEUE_DEPTH;
 use crate::orga::SessionCredentials;
@@ -40,7 +41,6 @@ use crate::readiness::Readiness;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use writer::Submission;
@@ -98,8 +98,6 @@ struct Inner {
     clock: Clock,
     /// The writer task, until shut down.
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// The sink is a file (what SIGHUP reopens).
-    is_file: bool,
 }
 
 /// What the writer is asked to do besides writing.
@@ -147,7 +145,6 @@ impl Audit {
                 control,
                 clock,
                 writer: Mutex::new(Some(writer)),
-                is_file: matches!(config.sink, AuditSink::File(_)),
             })),
         })
     }
@@ -235,29 +232,4 @@ impl Audit {
             );
         }
     }
-}
-
-/// Reopens the audit file on every SIGHUP, for logrotate's `postrotate`. Started by
-/// [`crate::run_with_metrics`] (the binary's path); a SIGHUP handler that reloads the
-/// configuration may call [`Audit::reopen`] instead, or as well: each listener gets
-/// every signal.
-pub fn reopen_on_sighup(audit: &Audit) {
-    if !audit.inner.as_ref().is_some_and(|inner| inner.is_file) {
-        return;
-    }
-    // Registered here, before serving starts, so no SIGHUP can find its default action
-    // (which ends the process) once the proxy answers.
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; the audit file is still reopened when moved");
-            return;
-        }
-    };
-    let audit = audit.clone();
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            audit.reopen();
-        }
-    });
 }

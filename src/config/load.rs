@@ -162,7 +162,7 @@ fn extract(
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    check_unicode(problems);
+    let garbled = check_unicode(problems);
     for (env, key) in ALIASES {
         if let Some(value) = env_var(env) {
             figment = figment.merge(Serialized::default(key, value));
@@ -199,7 +199,9 @@ fn extract(
         audit: section(&figment, "audit", problems),
         log: section(&figment, "log", problems),
     };
-    if mode == Mode::Serve && !is_set(&figment, "orga.api_key") {
+    // A key set in a variable that is not UTF-8 is already reported as such.
+    let key_garbled = garbled.iter().any(|key| key == "orga.api_key");
+    if mode == Mode::Serve && !is_set(&figment, "orga.api_key") && !key_garbled {
         problems.add(
             "orga.api_key",
             "required: the Orga API key (or run `orga-proxy dev` for the fake Orga Cloud)",
@@ -280,7 +282,8 @@ fn env_var(name: &str) -> Option<String> {
 
 /// Every variable this service reads must be UTF-8: one that is not would otherwise be
 /// skipped silently and its key left at the default (`auth.mode` back to `"none"`).
-fn check_unicode(problems: &mut Problems) {
+/// Returns the keys such variables set.
+fn check_unicode(problems: &mut Problems) -> Vec<String> {
     let ours = |name: &OsStr| {
         let bytes = name.as_bytes();
         bytes.starts_with(ENV_PREFIX.as_bytes())
@@ -289,17 +292,43 @@ fn check_unicode(problems: &mut Problems) {
                 .iter()
                 .any(|other| bytes == other.as_bytes())
     };
+    let mut keys = Vec::new();
     for (name, value) in std::env::vars_os().filter(|(name, _)| ours(name)) {
         match name.to_str() {
             None => problems.0.push(format!(
                 "environment: a variable named {:?} is not valid UTF-8; rename or unset it",
                 name.to_string_lossy()
             )),
-            Some(name) if value.to_str().is_none() => problems.0.push(format!(
-                "{name}: the value is not valid UTF-8 (not shown); write it as UTF-8 text"
-            )),
+            Some(name) if value.to_str().is_none() => {
+                let message =
+                    format!("{name} is not valid UTF-8 (not shown); write it as UTF-8 text");
+                match key_set_by(name) {
+                    Some(key) => {
+                        problems.add(&key, message);
+                        keys.push(key);
+                    }
+                    None => problems.0.push(message),
+                }
+            }
             Some(_) => {}
         }
+    }
+    keys
+}
+
+/// The key an environment variable sets, if it sets one.
+fn key_set_by(variable: &str) -> Option<String> {
+    match variable {
+        "ORGA_PROXY_CONFIG" => None,
+        "ORGA_API_KEY_FILE" => Some("orga.api_key".into()),
+        "PORT" => Some("server.listen".into()),
+        _ => match variable.strip_prefix(ENV_PREFIX) {
+            Some(key) => Some(key.to_ascii_lowercase().replace("__", ".")),
+            None => ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == variable)
+                .map(|(_, key)| key.to_string()),
+        },
     }
 }
 
@@ -435,6 +464,21 @@ mod tests {
             env_names("cors.allowed_origins"),
             "ORGA_PROXY_CORS__ALLOWED_ORIGINS"
         );
+    }
+
+    #[test]
+    fn variables_name_the_key_they_set() {
+        assert_eq!(
+            key_set_by("ORGA_PROXY_AUTH__MODE").as_deref(),
+            Some("auth.mode")
+        );
+        assert_eq!(key_set_by("ORGA_API_KEY").as_deref(), Some("orga.api_key"));
+        assert_eq!(
+            key_set_by("ORGA_API_KEY_FILE").as_deref(),
+            Some("orga.api_key")
+        );
+        assert_eq!(key_set_by("PORT").as_deref(), Some("server.listen"));
+        assert_eq!(key_set_by("ORGA_PROXY_CONFIG"), None);
     }
 
     #[test]

@@ -4,29 +4,38 @@
 //! - HTTP/1.1 only by default: hyper's HTTP/1 connection, which answers an HTTP/2
 //!   preface with an error and closes. hyper-util's `auto` builder would sniff the
 //!   protocol and serve plaintext HTTP/2 even with `http1_only()`.
-//! - With `server.http2`, prior-knowledge HTTP/2 (h2c) too, with keep-alive pings and
-//!   their timeout, a cap on concurrent streams and on the header list, and an idle
-//!   timeout: a connection with no open stream for `header_read_timeout` is sent GOAWAY.
+//! - With `server.http2`, prior-knowledge HTTP/2 (h2c) too, with a cap on concurrent
+//!   streams and on the header list, keep-alive pings, and an idle timeout: a connection
+//!   with no request open for `header_read_timeout` is sent GOAWAY. The pings follow
+//!   `header_read_timeout` too (see `h2_keep_alive`), so one setting bounds how long
+//!   any silent peer is kept, of either protocol.
+//! - After a GOAWAY (idle or shutdown) hyper waits for the client to acknowledge a ping
+//!   before it closes, which a silent client never does: a connection that still has no
+//!   request open `GOAWAY_GRACE` later is closed (Go's HTTP/2 server does the same).
 //! - A connection must send its first byte within `header_read_timeout` (hyper's
 //!   header timer starts with the first byte), and hyper cuts off a client that
 //!   trickles its headers or idles between keep-alive requests for longer.
 //! - An optional cap on open connections: past it a new connection is closed at once,
 //!   so one listener (the metrics one) can never take every file descriptor.
 //! - Shutdown stops accepting, asks every connection to finish (HTTP/1 keep-alive off,
-//!   HTTP/2 GOAWAY) and waits for them. hyper-util's `GracefulShutdown` does the same
+//!   HTTP/2 GOAWAY) and waits for the requests still open. hyper-util's `GracefulShutdown` does the same
 //!   but cannot be combined with the HTTP/2 idle timeout, so the few lines are here.
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -40,11 +49,18 @@ const MAX_HEADERS: usize = 128;
 /// hyper's read buffer for a request head, and the HTTP/2 header list limit; larger
 /// heads get the parser's bare 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// HTTP/2 streams a connection may have open at once.
+/// HTTP/2 streams a connection may have open at once; the next is refused.
 const MAX_CONCURRENT_STREAMS: u32 = 100;
-/// How often an HTTP/2 connection is pinged, and how long the answer may take.
-const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a GOAWAY, how long a connection with no request open is given to close by
+/// itself: a round trip for the client to see it and for streams already on the wire.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// HTTP/2 keep-alive, from `header_read_timeout`: a connection that has sent nothing for
+/// twice that is pinged, and closed if the answer takes longer than it (20 s and 10 s
+/// by default). A peer that went away while a request was open is found this way.
+fn h2_keep_alive(header_read_timeout: Duration) -> (Duration, Duration) {
+    (header_read_timeout.saturating_mul(2), header_read_timeout)
+}
 
 /// How a listener serves its connections.
 #[derive(Debug, Clone, Copy)]
@@ -140,15 +156,16 @@ async fn serve_connection(
             let open = activity.start();
             let answer = router.clone().oneshot(request);
             async move {
-                let response = answer.await;
-                drop(open);
-                response
+                let response = answer.await?;
+                // Open until hyper has sent the whole answer, not just its head.
+                Ok::<_, Infallible>(response.map(|body| Body::new(Answering { body, _open: open })))
             }
         })
     };
     let service = TowerToHyperService::new(service);
     let io = TokioIo::new(stream);
     let result = if options.http2 {
+        let (ping_interval, ping_timeout) = h2_keep_alive(options.header_read_timeout);
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -159,14 +176,19 @@ async fn serve_connection(
         builder
             .http2()
             .timer(TokioTimer::new())
-            .keep_alive_interval(H2_PING_INTERVAL)
-            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .keep_alive_interval(ping_interval)
+            .keep_alive_timeout(ping_timeout)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .max_header_list_size(MAX_HEAD_BYTES as u32);
-        let idle = Some((activity, options.header_read_timeout));
-        drive(builder.serve_connection(io, service), stopped, idle)
-            .await
-            .map_err(|e| e.to_string())
+        let connection = builder.serve_connection(io, service);
+        drive(
+            connection,
+            stopped,
+            activity,
+            Some(options.header_read_timeout),
+        )
+        .await
+        .map_err(|e| e.to_string())
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -174,32 +196,42 @@ async fn serve_connection(
             .header_read_timeout(options.header_read_timeout)
             .max_headers(MAX_HEADERS)
             .max_buf_size(MAX_HEAD_BYTES);
-        drive(builder.serve_connection(io, service), stopped, None)
-            .await
-            .map_err(|e| e.to_string())
+        // hyper's own timers close an idle HTTP/1 connection.
+        drive(
+            builder.serve_connection(io, service),
+            stopped,
+            activity,
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string())
     };
     if let Err(error) = result {
         tracing::debug!(%error, "connection closed with an error");
     }
 }
 
-/// Polls `connection` to its end, asking it to finish gracefully when shutdown starts,
-/// or (HTTP/2) when it has had no request open for the idle timeout.
+/// Polls `connection` to its end. When shutdown starts, or (with `idle_timeout`) when it
+/// has had no request open that long, asks it to finish gracefully (HTTP/1: keep-alive
+/// off; HTTP/2: GOAWAY); one that then still has no request open after [`GOAWAY_GRACE`]
+/// is dropped, which closes it.
 async fn drive<C: GracefulConnection>(
     connection: C,
     mut stopped: watch::Receiver<bool>,
-    idle: Option<(Activity, Duration)>,
+    activity: Activity,
+    idle_timeout: Option<Duration>,
 ) -> Result<(), C::Error> {
     tokio::pin!(connection);
     let finishing = async {
-        match &idle {
-            Some((activity, timeout)) => tokio::select! {
-                _ = stopped.wait_for(|stop| *stop) => {}
-                () = activity.idle_for(*timeout) => {}
-            },
-            None => {
-                let _ = stopped.wait_for(|stop| *stop).await;
+        let idle = async {
+            match idle_timeout {
+                Some(timeout) => activity.idle_for(timeout).await,
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => {}
+            () = idle => {}
         }
     };
     tokio::select! {
@@ -207,24 +239,70 @@ async fn drive<C: GracefulConnection>(
         () = finishing => {}
     }
     connection.as_mut().graceful_shutdown();
-    connection.await
+    activity.restart_idle_clock();
+    tokio::select! {
+        result = &mut connection => result,
+        () = activity.idle_for(GOAWAY_GRACE) => Ok(()),
+    }
 }
 
-/// Requests open on one connection, and since when it has had none.
-#[derive(Debug, Clone, Default)]
-struct Activity(Arc<Mutex<ActivityState>>);
+/// The requests open on one connection, and since when it has had none.
+#[derive(Debug, Clone)]
+struct Activity(Arc<watch::Sender<ActivityState>>);
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct ActivityState {
+    /// Requests whose answer is not yet fully sent.
     open: usize,
+    /// When `open` last dropped to 0 (or the connection opened).
     idle_since: Instant,
 }
 
-impl Default for ActivityState {
+impl Default for Activity {
     fn default() -> Self {
-        Self {
+        Self(Arc::new(watch::Sender::new(ActivityState {
             open: 0,
             idle_since: Instant::now(),
+        })))
+    }
+}
+
+impl Activity {
+    /// Counts a request as open until the returned guard is dropped.
+    fn start(&self) -> OpenRequest {
+        self.0.send_modify(|state| state.open += 1);
+        OpenRequest(self.clone())
+    }
+
+    /// Counts idle time from now, if the connection is idle.
+    fn restart_idle_clock(&self) {
+        self.0.send_if_modified(|state| {
+            if state.open == 0 {
+                state.idle_since = Instant::now();
+            }
+            false
+        });
+    }
+
+    /// Resolves once no request has been open for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        let mut changes = self.0.subscribe();
+        loop {
+            let state = *changes.borrow_and_update();
+            // A timeout too large to add is one that never passes.
+            let idle_until = (state.open == 0)
+                .then(|| state.idle_since.checked_add(timeout))
+                .flatten();
+            match idle_until {
+                Some(at) => tokio::select! {
+                    () = tokio::time::sleep_until(at) => return,
+                    _ = changes.changed() => {}
+                },
+                None => {
+                    // The sender lives in `self`, so this only ever waits for a change.
+                    let _ = changes.changed().await;
+                }
+            }
         }
     }
 }
@@ -235,40 +313,40 @@ struct OpenRequest(Activity);
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.open = state.open.saturating_sub(1);
-        if state.open == 0 {
-            state.idle_since = Instant::now();
-        }
+        self.0.0.send_modify(|state| {
+            state.open = state.open.saturating_sub(1);
+            if state.open == 0 {
+                state.idle_since = Instant::now();
+            }
+        });
     }
 }
 
-impl Activity {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+/// A response body that keeps its request counted as open until hyper has sent it all
+/// (or dropped it), so a slow download is not taken for an idle connection.
+struct Answering {
+    /// The router's answer.
+    body: Body,
+    /// Dropped with the body.
+    _open: OpenRequest,
+}
+
+impl hyper::body::Body for Answering {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 
-    fn start(&self) -> OpenRequest {
-        self.lock().open += 1;
-        OpenRequest(self.clone())
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
     }
 
-    /// Resolves once no request has been open for `timeout`.
-    async fn idle_for(&self, timeout: Duration) {
-        loop {
-            let wake = {
-                let state = self.lock();
-                if state.open == 0 && state.idle_since.elapsed() >= timeout {
-                    return;
-                }
-                // While requests are open, look again after a full timeout.
-                if state.open == 0 {
-                    state.idle_since + timeout
-                } else {
-                    Instant::now() + timeout
-                }
-            };
-            tokio::time::sleep_until(wake).await;
-        }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

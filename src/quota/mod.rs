@@ -25,6 +25,7 @@ use crate::error::ApiError;
 use crate::metrics::{QUOTA_EXCEEDED, QUOTA_GLOBAL_USED};
 use crate::ratelimit::ClientKey;
 use crate::store::RedisConnection;
+use arc_swap::ArcSwap;
 use memory::MemoryCounts;
 use redis::RedisCounts;
 use std::sync::Arc;
@@ -91,8 +92,8 @@ pub struct Quotas {
 
 /// The enabled quotas.
 struct Inner {
-    /// The limits.
-    config: QuotaConfig,
+    /// The limits; SIGHUP replaces them.
+    config: ArcSwap<QuotaConfig>,
     /// The counts in this process: the backend without Redis, the fallback with it
     /// (`rate_limit.redis_failure = "local"`).
     memory: MemoryCounts,
@@ -180,7 +181,7 @@ impl Quotas {
             return Self::default();
         }
         let inner = Inner {
-            config: config.clone(),
+            config: ArcSwap::from_pointee(config.clone()),
             memory: MemoryCounts::new(max_tracked),
             redis: redis.map(|connection| RedisCounts::new(connection.clone(), key_prefix)),
             clock,
@@ -193,6 +194,18 @@ impl Quotas {
     /// True when at least one quota is on.
     pub fn is_enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// Applies new limits (SIGHUP); today's counts stay. Quotas that were all off at start
+    /// have no stage in the gate, so turning one on needs a restart: `false` then.
+    pub fn reload(&self, config: &QuotaConfig) -> bool {
+        match &self.inner {
+            Some(inner) => {
+                inner.config.store(Arc::new(config.clone()));
+                true
+            }
+            None => !config.any(),
+        }
     }
 
     /// Reserves one credential from each quota that applies to `subject` and `client`,
@@ -253,7 +266,7 @@ type Outcome = Result<(Held, Option<u32>), (Scope, Duration)>;
 impl Inner {
     /// The quotas that apply, in the order they are checked.
     fn wants(&self, subject: Option<&str>, client: Option<&ClientKey>) -> Vec<Want> {
-        let config = &self.config;
+        let config = self.config.load();
         let mut wants = Vec::with_capacity(3);
         if let (Some(subject), limit @ 1..) = (subject, config.per_subject_per_day) {
             wants.push(Want {

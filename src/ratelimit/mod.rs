@@ -9,6 +9,7 @@
 //! (before auth) and per authenticated subject (after auth, off by default). Both
 //! send `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` on admitted
 //! responses and answer 429 `rate_limited` with `Retry-After` when a budget is spent.
+//! SIGHUP can change their numbers ([`RateLimit::reload`]).
 
 pub mod client_ip;
 pub mod local;
@@ -22,11 +23,12 @@ use crate::clock::Clock;
 use crate::config::{Backend, RateLimitConfig, RedisConfig, TrustedProxies};
 use crate::error::{ApiError, retry_after_secs};
 use crate::store::RedisConnection;
+use arc_swap::ArcSwapOption;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use std::fmt::Display;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// `RateLimit-Limit`: requests a full budget admits at once (the burst).
@@ -162,8 +164,10 @@ pub struct RateLimit {
     trusted: Arc<TrustedProxies>,
     /// `rate_limit.ipv6_prefix`.
     ipv6_prefix: u8,
-    /// The limits, when enabled.
-    limits: Option<Arc<Limits>>,
+    /// The limits, when enabled; replaced when a reload changes their numbers.
+    limits: Arc<ArcSwapOption<Limits>>,
+    /// What the limits are built from.
+    source: Arc<Source>,
 }
 
 /// The enabled limits.
@@ -173,6 +177,56 @@ struct Limits {
     clients: Limiter<ClientKey>,
     /// Per authenticated subject, when `per_subject.enabled`.
     subjects: Option<Limiter<String>>,
+}
+
+/// What [`Limits`] are built from: the configuration in force and the shared handles.
+#[derive(Debug)]
+struct Source {
+    /// `[rate_limit]` as in force: as started, with the numbers of the last reload.
+    config: Mutex<RateLimitConfig>,
+    /// The shared connection, with the Redis backend.
+    redis: Option<Arc<RedisConnection>>,
+    /// `redis.key_prefix`.
+    key_prefix: String,
+    /// The limiters' time source.
+    clock: Clock,
+}
+
+impl Source {
+    fn build(&self, config: &RateLimitConfig) -> Option<Arc<Limits>> {
+        config.enabled.then(|| {
+            let shared = |scope: &str| {
+                self.redis
+                    .as_ref()
+                    .filter(|_| config.backend == Backend::Redis)
+                    .map(|connection| (connection, format!("{}rl:{scope}:", self.key_prefix)))
+            };
+            let clients = Limiter::build(
+                config,
+                Rate::per_minute(config.requests_per_minute, config.burst),
+                shared("ip"),
+                &self.clock,
+            );
+            let subject = &config.per_subject;
+            let subjects = subject.enabled.then(|| {
+                let rate = Rate::per_minute(subject.requests_per_minute, subject.burst);
+                Limiter::build(config, rate, shared("sub"), &self.clock)
+            });
+            Arc::new(Limits { clients, subjects })
+        })
+    }
+}
+
+/// The numbers a reload may change: requests per minute and burst, per client and per
+/// subject.
+fn numbers(config: &RateLimitConfig) -> [u32; 4] {
+    let subject = &config.per_subject;
+    [
+        config.requests_per_minute,
+        config.burst,
+        subject.requests_per_minute,
+        subject.burst,
+    ]
 }
 
 /// Who the client is: its address (through trusted proxies) and the key its budgets
@@ -194,35 +248,39 @@ impl RateLimit {
         redis_config: &RedisConfig,
         clock: Clock,
     ) -> Self {
-        let limits = config.enabled.then(|| {
-            let shared = |scope: &str| {
-                redis
-                    .filter(|_| config.backend == Backend::Redis)
-                    .map(|connection| {
-                        (
-                            connection,
-                            format!("{}rl:{scope}:", redis_config.key_prefix),
-                        )
-                    })
-            };
-            let clients = Limiter::build(
-                config,
-                Rate::per_minute(config.requests_per_minute, config.burst),
-                shared("ip"),
-                &clock,
-            );
-            let subject = &config.per_subject;
-            let subjects = subject.enabled.then(|| {
-                let rate = Rate::per_minute(subject.requests_per_minute, subject.burst);
-                Limiter::build(config, rate, shared("sub"), &clock)
-            });
-            Arc::new(Limits { clients, subjects })
-        });
+        let source = Source {
+            config: Mutex::new(config.clone()),
+            redis: redis.cloned(),
+            key_prefix: redis_config.key_prefix.clone(),
+            clock,
+        };
         Self {
             trusted: Arc::new(config.trusted_proxies.clone()),
             ipv6_prefix: config.ipv6_prefix,
-            limits,
+            limits: Arc::new(ArcSwapOption::new(source.build(config))),
+            source: Arc::new(source),
         }
+    }
+
+    /// Takes the numbers of `config` (requests per minute and burst, per client and per
+    /// subject) and rebuilds the limits with them; `true` if any changed. Everything
+    /// else stays as started (turning a limit on or off, the backend, the table size).
+    /// In memory every budget then starts full again; in Redis the budgets carry on.
+    pub fn reload(&self, config: &RateLimitConfig) -> bool {
+        let mut current = self
+            .source
+            .config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if numbers(&current) == numbers(config) {
+            return false;
+        }
+        current.requests_per_minute = config.requests_per_minute;
+        current.burst = config.burst;
+        current.per_subject.requests_per_minute = config.per_subject.requests_per_minute;
+        current.per_subject.burst = config.per_subject.burst;
+        self.limits.store(self.source.build(&current));
+        true
     }
 
     /// The client behind `peer` (see [`client_ip::client_ip`]).
@@ -236,7 +294,8 @@ impl RateLimit {
 
     /// Spends one request of the client's budget.
     pub async fn check_client(&self, key: &ClientKey) -> Result<Option<Decision>, ApiError> {
-        match &self.limits {
+        // A reference count, not a guard: the Redis check awaits.
+        match self.limits.load_full() {
             Some(limits) => limits.clients.check(key).await,
             None => Ok(None),
         }
@@ -244,9 +303,71 @@ impl RateLimit {
 
     /// Spends one request of the subject's budget, when the per-subject limit is on.
     pub async fn check_subject(&self, subject: &str) -> Result<Option<Decision>, ApiError> {
-        match self.limits.as_ref().and_then(|l| l.subjects.as_ref()) {
-            Some(subjects) => subjects.check(&subject.to_owned()).await,
+        match self.limits.load_full() {
+            Some(limits) => match &limits.subjects {
+                Some(subjects) => subjects.check(&subject.to_owned()).await,
+                None => Ok(None),
+            },
             None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn limits(requests_per_minute: u32, burst: u32) -> RateLimitConfig {
+        RateLimitConfig {
+            requests_per_minute,
+            burst,
+            ..RateLimitConfig::default()
+        }
+    }
+
+    async fn admitted(limit: &RateLimit, key: &ClientKey) -> bool {
+        limit.check_client(key).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_reload_takes_new_numbers_and_only_new_numbers_reset_the_budgets() {
+        let clock = Clock::manual(SystemTime::UNIX_EPOCH);
+        let limit = RateLimit::new(&limits(1, 1), None, &RedisConfig::default(), clock);
+        let key = ClientKey::new("192.0.2.1".parse().unwrap(), 64);
+        assert!(admitted(&limit, &key).await);
+        assert!(!admitted(&limit, &key).await, "a burst of 1 is spent");
+
+        assert!(
+            !limit.reload(&limits(1, 1)),
+            "the same numbers change nothing"
+        );
+        assert!(!admitted(&limit, &key).await, "and keep the budget spent");
+
+        assert!(limit.reload(&limits(1, 3)));
+        for n in 0..3 {
+            assert!(admitted(&limit, &key).await, "request {n} of the new burst");
+        }
+        assert!(!admitted(&limit, &key).await);
+        let refused = limit.check_client(&key).await.unwrap_err();
+        assert!(
+            matches!(refused, ApiError::RateLimited { limit: 3, .. }),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_does_not_turn_a_disabled_limit_on() {
+        let clock = Clock::manual(SystemTime::UNIX_EPOCH);
+        let off = RateLimitConfig {
+            enabled: false,
+            ..limits(1, 1)
+        };
+        let limit = RateLimit::new(&off, None, &RedisConfig::default(), clock);
+        limit.reload(&limits(1, 2));
+        let key = ClientKey::new("192.0.2.1".parse().unwrap(), 64);
+        for _ in 0..5 {
+            assert!(admitted(&limit, &key).await);
         }
     }
 }

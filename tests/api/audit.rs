@@ -442,8 +442,8 @@ async fn a_moved_file_is_reopened_on_sighup_and_nothing_is_lost() {
     std::fs::rename(&path, &rotated).unwrap();
     proxy.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !proxy.output().contains("audit file reopened") {
-        assert!(Instant::now() < deadline, "no reopen:\n{}", proxy.output());
+    while !proxy.logs().contains("audit file reopened") {
+        assert!(Instant::now() < deadline, "no reopen:\n{}", proxy.logs());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after = tokens_from(&proxy, 3).await;

@@ -1,36 +1,14 @@
-//! The binary: configuration errors and their exit status, `check-config`,
-//! `healthcheck`, and secrets absent from the logs at trace level.
+//! The binary: configuration errors and their exit status (including configuration
+//! that must not start), `check-config`, `healthcheck`, secrets absent from the logs at
+//! trace level, and text logs without colour codes in a pipe.
 
+pub(crate) use crate::binary::{Proxy, command, run, serving_against};
 use crate::helpers::*;
 use orga_proxy::orga::mock::MockOptions;
 use orga_proxy::secret::Secret;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::ffi::OsStr;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_orga-proxy");
-
-/// The binary with a clean environment: no inherited ORGA_* or PORT, and a working
-/// directory without a config/orga-proxy.toml.
-pub(crate) fn command(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .env_clear()
-        // The default metrics port (9090) would clash between parallel tests.
-        .env("ORGA_PROXY_SERVER__METRICS_LISTEN", "127.0.0.1:0")
-        .current_dir(std::env::temp_dir());
-    if let Ok(path) = std::env::var("PATH") {
-        command.env("PATH", path);
-    }
-    command
-}
-
-pub(crate) fn run(mut command: impl std::borrow::BorrowMut<Command>) -> Output {
-    let command = command.borrow_mut();
-    command.stdin(Stdio::null()).output().expect("binary runs")
-}
 
 #[test]
 fn a_bad_configuration_exits_2_with_one_line_per_problem_naming_key_and_env_var() {
@@ -197,109 +175,6 @@ fn help_and_version_describe_the_binary() {
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
 
-/// `serve` against `upstream` with only `ORGA_API_KEY` set, on a free port: what a new
-/// user starts with.
-pub(crate) fn serving_against(upstream: &str) -> Command {
-    let mut serve = command(&["serve"]);
-    serve
-        .env("ORGA_API_KEY", "sk_orga_ai_only_the_key")
-        .env("ORGA_BASE_URL", upstream)
-        .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0");
-    serve
-}
-
-/// The binary running `serve` (or `dev`), with its stdout and stderr collected.
-pub(crate) struct Proxy {
-    child: Child,
-    output: Arc<Mutex<String>>,
-    pub(crate) addr: String,
-}
-
-impl Proxy {
-    pub(crate) fn start(command: &mut Command) -> Proxy {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    output.lock().unwrap().push_str(&(line + "\n"));
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
-            let text = output.lock().unwrap().clone();
-            // `serve` says "orga-proxy listening", `dev` its warning banner; both JSON.
-            let listening = text.lines().find(|l| {
-                l.starts_with('{') && (l.contains("orga-proxy listening") || l.contains("DEV MODE"))
-            });
-            if let Some(line) = listening {
-                let json: serde_json::Value = serde_json::from_str(line).unwrap();
-                break json["listen"].as_str().unwrap().to_owned();
-            }
-            assert!(Instant::now() < deadline, "proxy did not start:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Proxy {
-            child,
-            output,
-            addr,
-        }
-    }
-
-    /// `GET` its credentials route.
-    pub(crate) async fn get_credentials(&self) -> reqwest::Response {
-        crate::helpers::client()
-            .get(format!("http://{}/api/orga/credentials", self.addr))
-            .send()
-            .await
-            .expect("the proxy answers")
-    }
-
-    /// Sends `signal` (`"HUP"`, `"TERM"`...) to the process.
-    pub(crate) fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
-    /// Everything it printed so far.
-    pub(crate) fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    /// Sends SIGTERM and returns the exit status and everything it printed.
-    pub(crate) fn stop(mut self) -> (Option<i32>, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("proxy did not stop on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        std::thread::sleep(Duration::from_millis(100));
-        (status.code(), self.output.lock().unwrap().clone())
-    }
-}
-
 #[tokio::test]
 async fn secrets_never_reach_the_logs_even_at_trace_level() {
     const KEY: &str = "sk_orga_ai_canary_api_key_9f8e";
@@ -391,4 +266,182 @@ fn uuid_like() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+#[tokio::test]
+async fn text_logs_carry_no_colour_codes_when_stdout_is_not_a_terminal() {
+    let upstream = spawn_mock_upstream(MockOptions::default()).await;
+    let mut proxy = Proxy::start(
+        command(&["serve"])
+            .env("ORGA_API_KEY", TEST_API_KEY)
+            .env("ORGA_USER_EMAIL", TEST_EMAIL)
+            .env("ORGA_BASE_URL", &upstream)
+            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0")
+            .env("ORGA_PROXY_LOG__FORMAT", "text"),
+    );
+    let url = format!("http://{}/healthz", proxy.addr);
+    assert_eq!(client().get(url).send().await.unwrap().status(), 200);
+    let logs = proxy.wait_for_log("request finished", 1);
+    assert!(
+        !logs.contains('\u{1b}'),
+        "escape codes in logs written to a pipe:\n{logs:?}"
+    );
+    assert!(logs.contains(" INFO "), "text lines:\n{logs}");
+    let (status, _) = proxy.stop();
+    assert_eq!(status, Some(0));
+}
+
+/// Runs `serve` with these variables added to a valid configuration and returns its
+/// exit status and stderr; panics if it starts listening instead of refusing.
+fn refuses_to_start(variables: &[(&str, &OsStr)]) -> (Option<i32>, String) {
+    let mut command = command(&["serve"]);
+    command
+        .env("ORGA_API_KEY", TEST_API_KEY)
+        .env("ORGA_USER_EMAIL", TEST_EMAIL)
+        .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0");
+    for (name, value) in variables {
+        command.env(name, value);
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "it started with {variables:?}:\n{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.stdout.is_empty(),
+        "nothing is logged: nothing started"
+    );
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn text(value: &str) -> &OsStr {
+    OsStr::new(value)
+}
+
+#[test]
+fn trusted_proxy_ranges_that_trust_everyone_or_have_host_bits_set_do_not_start() {
+    const KEY: &str = "rate_limit.trusted_proxies (ORGA_PROXY_RATE_LIMIT__TRUSTED_PROXIES)";
+    for everyone in ["0.0.0.0/1,128.0.0.0/1", "::/1,8000::/1"] {
+        let (status, stderr) =
+            refuses_to_start(&[("ORGA_PROXY_RATE_LIMIT__TRUSTED_PROXIES", text(everyone))]);
+        assert_eq!(status, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(KEY) && stderr.contains("every address"),
+            "{stderr}"
+        );
+    }
+    let (status, stderr) =
+        refuses_to_start(&[("ORGA_PROXY_RATE_LIMIT__TRUSTED_PROXIES", text("1.2.3.4/8"))]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(KEY) && stderr.contains("1.0.0.0/8"),
+        "the network meant is named: {stderr}"
+    );
+}
+
+#[test]
+fn durations_longer_than_any_setting_allows_do_not_start() {
+    for key in ["REQUEST_TIMEOUT", "HEADER_READ_TIMEOUT"] {
+        let variable = format!("ORGA_PROXY_SERVER__{key}");
+        let (status, stderr) = refuses_to_start(&[(&variable, text("300000000000y"))]);
+        assert_eq!(status, Some(2), "{stderr}");
+        let named = format!("server.{} ({variable})", key.to_ascii_lowercase());
+        assert!(stderr.contains(&named), "{named} missing:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_variable_that_is_not_utf8_does_not_start_and_names_its_key() {
+    use std::os::unix::ffi::OsStrExt;
+    let mode = OsStr::from_bytes(b"api_key\xff");
+    // Skipped, it would leave auth.mode at "none": anyone could mint tokens.
+    let (status, stderr) = refuses_to_start(&[("ORGA_PROXY_AUTH__MODE", mode)]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("auth.mode (ORGA_PROXY_AUTH__MODE)") && stderr.contains("UTF-8"),
+        "{stderr}"
+    );
+    // The conventional aliases too, and the value is not echoed.
+    let key = OsStr::from_bytes(b"sk_orga_ai_canary\xff");
+    let (status, stderr) = refuses_to_start(&[("ORGA_API_KEY", key)]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("orga.api_key ("), "{stderr}");
+    assert!(
+        stderr.contains("ORGA_API_KEY is not valid UTF-8"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("canary"), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("  ")).count(),
+        1,
+        "one problem, not also \"required\": {stderr}"
+    );
+}
+
+#[test]
+fn a_toml_error_on_an_unquoted_number_never_prints_the_digits() {
+    let dir = tempdir();
+    let file = dir.join("digits.toml");
+    std::fs::write(&file, "[orga]\napi_key = 987654321098765432109876543210\n").unwrap();
+    let (status, stderr) = refuses_to_start(&[("ORGA_PROXY_CONFIG", file.as_os_str())]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("TOML syntax error at line 2"), "{stderr}");
+    assert!(
+        !stderr.contains("98765432109876"),
+        "the value leaked: {stderr}"
+    );
+}
+
+#[test]
+fn origins_with_a_wildcard_host_do_not_start_and_the_hint_says_to_list_them() {
+    for pattern in ["https://*.example.com", "https://app.*.com"] {
+        let (status, stderr) =
+            refuses_to_start(&[("ORGA_PROXY_CORS__ALLOWED_ORIGINS", text(pattern))]);
+        assert_eq!(status, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("cors.allowed_origins (ORGA_PROXY_CORS__ALLOWED_ORIGINS)"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("can never match") && stderr.contains("list each origin"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn any_origin_with_a_jwt_cookie_does_not_start() {
+    let (status, stderr) = refuses_to_start(&[
+        ("ORGA_PROXY_CORS__ALLOWED_ORIGINS", text("*")),
+        ("ORGA_PROXY_AUTH__MODE", text("jwt")),
+        (
+            "ORGA_PROXY_AUTH__JWT__SECRET",
+            text("0123456789abcdef0123456789abcdef-canary"),
+        ),
+        ("ORGA_PROXY_AUTH__JWT__COOKIE", text("session")),
+    ]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cors.allowed_origins (ORGA_PROXY_CORS__ALLOWED_ORIGINS)")
+            && stderr.contains("auth.jwt.cookie"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("canary"), "{stderr}");
 }

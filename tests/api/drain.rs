@@ -1,7 +1,9 @@
-//! Graceful drain: readiness turns 503 at once, new connections are refused, in-flight
-//! requests finish, and the server returns by `server.shutdown_timeout` even when a
-//! client hangs. Also the real binary on SIGTERM.
+//! Graceful drain: readiness turns 503 at once, new connections are still served during
+//! `server.shutdown_delay`, then refused, in-flight requests finish, and the server
+//! returns by `server.shutdown_timeout` even when a client hangs. Also the real binary
+//! on SIGTERM.
 
+use crate::binary::{Proxy, command};
 use crate::gated_upstream::{GatedUpstream, hold_a_request};
 use crate::helpers::*;
 use axum::body::Body;
@@ -275,4 +277,104 @@ async fn the_binary_drains_and_exits_0_on_sigterm() {
     };
     assert_eq!(status.code(), Some(0), "{}", logs.lock().unwrap());
     assert!(logs.lock().unwrap().contains("draining"));
+}
+
+/// A client that opens a new connection for every request, as a load balancer's
+/// probe or a new visitor does.
+fn fresh_connections() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// Polls `url` on new connections until it answers `status` (a bounded wait).
+async fn answers(client: &reqwest::Client, url: &str, status: u16) -> reqwest::Response {
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        if let Ok(response) = client.get(url).send().await {
+            if response.status() == status {
+                return response;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never answered {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn during_the_shutdown_delay_readiness_is_503_and_new_connections_are_still_served() {
+    const DELAY: Duration = Duration::from_secs(2);
+    let mut app = spawn_app_with(|c| c.server.shutdown_delay = DELAY).await;
+    let client = fresh_connections();
+    let started = Instant::now();
+    app.begin_shutdown();
+
+    let ready = answers(&client, &app.url("/readyz"), 503).await;
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["reasons"], serde_json::json!(["draining"]));
+    let credentials = client
+        .get(app.url(&app.credentials_path))
+        .send()
+        .await
+        .expect("a new connection is served during the delay");
+    assert_eq!(credentials.status(), 200);
+    assert!(
+        started.elapsed() < DELAY,
+        "all of this happened within the delay (the machine is very slow otherwise)"
+    );
+
+    assert!(
+        connections_refused(app.addr).await,
+        "then the listener closes"
+    );
+    assert!(started.elapsed() >= DELAY, "not before the delay");
+    let handle = &mut app.handle;
+    tokio::time::timeout(HANG_GUARD, handle)
+        .await
+        .expect("the server stops once drained")
+        .unwrap()
+        .unwrap();
+}
+
+/// The binary: after SIGTERM, a load balancer's probe sees `/readyz` 503 on a new
+/// connection while requests are still served; then the process drains and exits 0.
+#[tokio::test]
+async fn the_binary_answers_readyz_503_during_the_shutdown_delay_after_sigterm() {
+    let upstream = spawn_mock_upstream(Default::default()).await;
+    let mut proxy = Proxy::start(
+        command(&["serve"])
+            .env("ORGA_API_KEY", TEST_API_KEY)
+            .env("ORGA_USER_EMAIL", TEST_EMAIL)
+            .env("ORGA_BASE_URL", &upstream)
+            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0")
+            .env("ORGA_PROXY_SERVER__SHUTDOWN_DELAY", "3s"),
+    );
+    let client = fresh_connections();
+    let base = format!("http://{}", proxy.addr);
+    assert_eq!(
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    proxy.signal("TERM");
+    answers(&client, &format!("{base}/readyz"), 503).await;
+    let served = client
+        .get(format!("{base}/api/orga/credentials"))
+        .send()
+        .await
+        .expect("still served during the delay");
+    assert_eq!(served.status(), 200);
+    assert!(proxy.is_running());
+    let (status, logs) = tokio::task::spawn_blocking(move || proxy.wait())
+        .await
+        .unwrap();
+    assert_eq!(status, Some(0), "{logs}");
+    assert!(logs.contains("readiness is 503"), "{logs}");
 }

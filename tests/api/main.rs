@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod binary;
 mod browser;
 mod cli;
 mod cors;
@@ -10,6 +11,7 @@ mod credentials;
 mod drain;
 mod gated_upstream;
 mod helpers;
+mod http2;
 mod http_edge;
 mod metrics;
 mod mock_upstream;
@@ -20,6 +22,7 @@ mod ratelimit_redis;
 mod redis_connection;
 mod redis_server;
 mod relay;
+mod reload;
 mod resilience;
 mod serving;
 mod upstream_errors;

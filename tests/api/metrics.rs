@@ -1,9 +1,13 @@
-//! `/metrics`: served on its own listener only, with bounded labels.
+//! `/metrics`: served on its own listener only, with bounded labels, the public
+//! listener's timeouts and a connection cap, so it can never starve the public port.
 
+use crate::binary::{Proxy, command_under_fd_limit};
 use crate::helpers::*;
+use orga_proxy::config::Config;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// The proxy with its metrics listener, both on 127.0.0.1:0.
 struct WithMetrics {
@@ -19,8 +23,13 @@ impl Drop for WithMetrics {
 }
 
 async fn spawn_with_metrics() -> WithMetrics {
+    spawn_with_metrics_and(|_| {}).await
+}
+
+async fn spawn_with_metrics_and(customize: impl FnOnce(&mut Config)) -> WithMetrics {
     let upstream = spawn_mock_upstream(Default::default()).await;
-    let config = test_config(&upstream);
+    let mut config = test_config(&upstream);
+    customize(&mut config);
     let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (public_addr, metrics_addr) = (public.local_addr().unwrap(), metrics.local_addr().unwrap());
@@ -162,4 +171,141 @@ async fn the_metrics_listener_stops_with_the_server() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(refused, "the metrics port is closed after run returns");
+}
+
+/// The metrics listener's connection cap (`METRICS_MAX_CONNECTIONS` in lib.rs).
+const METRICS_CAP: usize = 64;
+
+/// True when the server closes `connection` within `within` (reading to EOF).
+async fn closed_within(mut connection: TcpStream, within: Duration) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(within, connection.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn silent_and_half_sent_connections_to_the_metrics_port_are_closed_after_the_header_read_timeout()
+ {
+    let app =
+        spawn_with_metrics_and(|c| c.server.header_read_timeout = Duration::from_millis(300)).await;
+    let silent = TcpStream::connect(app.metrics).await.unwrap();
+    let mut half = TcpStream::connect(app.metrics).await.unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (silent, half) = tokio::join!(
+        closed_within(silent, Duration::from_secs(10)),
+        closed_within(half, Duration::from_secs(10)),
+    );
+    assert!(silent, "a silent connection to the metrics port was kept");
+    assert!(half, "a half-sent request to the metrics port was kept");
+    scrape(app.metrics).await;
+}
+
+#[tokio::test]
+async fn connections_past_the_metrics_cap_are_closed_at_once_while_both_ports_keep_answering() {
+    let app =
+        spawn_with_metrics_and(|c| c.server.header_read_timeout = Duration::from_secs(5)).await;
+    // A scraper's keep-alive connection, opened first: it holds one of the slots. (Its
+    // answer is read to the end, or the client would close the connection.)
+    let scraper = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let url = format!("http://{}/metrics", app.metrics);
+    let scrape_on = |client: &reqwest::Client| {
+        let request = client.get(&url).send();
+        async move {
+            let response = request.await.unwrap();
+            let status = response.status();
+            response.text().await.unwrap();
+            status
+        }
+    };
+    assert_eq!(scrape_on(&scraper).await, 200);
+    let extra = 8;
+    let mut silent = Vec::new();
+    for _ in 0..METRICS_CAP - 1 + extra {
+        silent.push(TcpStream::connect(app.metrics).await.unwrap());
+    }
+    // Each silent connection is held for the 5 s header read timeout unless refused.
+    let closed: Vec<bool> = join_all(
+        silent
+            .into_iter()
+            .map(|c| closed_within(c, Duration::from_millis(1500))),
+    )
+    .await;
+    let refused = closed.iter().filter(|c| **c).count();
+    assert_eq!(
+        refused, extra,
+        "exactly the connections past the cap of {METRICS_CAP} are closed at once"
+    );
+    assert_eq!(
+        scrape_on(&scraper).await,
+        200,
+        "the scraper's connection keeps answering"
+    );
+    let health = client()
+        .get(format!("http://{}/healthz", app.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// Awaits every future, concurrently, in order.
+async fn join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.unwrap());
+    }
+    outputs
+}
+
+/// The review's attack on the binary: with 128 file descriptors, hundreds of silent
+/// connections to the metrics port once made the public `/healthz` time out.
+#[tokio::test]
+async fn silent_metrics_connections_cannot_take_the_public_ports_file_descriptors() {
+    let upstream = spawn_mock_upstream(Default::default()).await;
+    let mut command = command_under_fd_limit(128, &["serve"]);
+    command
+        .env("ORGA_API_KEY", TEST_API_KEY)
+        .env("ORGA_USER_EMAIL", TEST_EMAIL)
+        .env("ORGA_BASE_URL", &upstream)
+        .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0");
+    let proxy = tokio::task::spawn_blocking(move || Proxy::start(&mut command))
+        .await
+        .unwrap();
+    let metrics = proxy
+        .metrics_addr
+        .clone()
+        .expect("the metrics listener is on");
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        match TcpStream::connect(&metrics).await {
+            Ok(connection) => silent.push(connection),
+            Err(_) => break,
+        }
+    }
+    let health = client()
+        .get(format!("http://{}/healthz", proxy.addr))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await;
+    assert!(
+        health.as_ref().is_ok_and(|r| r.status() == 200),
+        "the public /healthz did not answer: {health:?}"
+    );
+    drop(silent);
+    let (status, logs) = tokio::task::spawn_blocking(move || proxy.stop())
+        .await
+        .unwrap();
+    assert_eq!(status, Some(0), "{logs}");
 }
