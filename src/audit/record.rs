@@ -85,7 +85,8 @@ pub struct AuditRecord {
     pub audit: &'static str,
     /// The request's id, as on its log line and its `x-request-id` answer header.
     pub request_id: Option<String>,
-    /// What the proxy did: `"issued"` for a credential; the relay names its own.
+    /// What the proxy did: `"issued"` for a credential; for a relayed call `"ok"` or the
+    /// code of the error answered.
     pub outcome: &'static str,
     /// The authenticated subject; null in auth mode none.
     pub subject: Option<String>,
@@ -126,8 +127,9 @@ impl AuditRecord {
         }
     }
 
-    /// The record of a relayed call: the token it used, what happened (`outcome`, e.g.
-    /// `"relayed"` or `"refused"`), Orga's conversation id and the policy's decisions.
+    /// The record of a relayed call: the token it used, what happened (`outcome`: `"ok"`,
+    /// or the code of the error answered), Orga's conversation id and the policy's
+    /// decisions.
     pub fn relay(
         caller: Caller,
         token: &EphemeralToken,
@@ -212,7 +214,7 @@ mod tests {
         let record = AuditRecord::relay(
             caller,
             &EphemeralToken::new("ek_canary"),
-            "relayed",
+            "ok",
             None,
             BTreeMap::new(),
         );
@@ -220,7 +222,7 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
         let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(parsed["user_agent"], hostile);
-        assert_eq!(parsed["outcome"], "relayed");
+        assert_eq!(parsed["outcome"], "ok");
         assert!(!line.contains("ek_canary"));
     }
 
