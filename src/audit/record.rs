@@ -6,7 +6,7 @@
 
 use crate::auth::{AuditClaims, Subject};
 use crate::http::request_id::X_REQUEST_ID;
-use crate::orga::{EphemeralToken, Expiry, SessionCredentials};
+use crate::orga::{EphemeralToken, Expiry, Fingerprint, SessionCredentials};
 use crate::ratelimit::Client;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
@@ -171,14 +171,7 @@ impl AuditRecord {
 
 /// The first 16 hex digits (64 bits) of the token's SHA-256.
 pub fn fingerprint(token: &EphemeralToken) -> String {
-    use std::fmt::Write;
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.expose().as_bytes());
-    digest.as_ref()[..8]
-        .iter()
-        .fold(String::with_capacity(16), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
+    Fingerprint::of(token).hex(16)
 }
 
 #[cfg(test)]
@@ -198,7 +191,6 @@ mod tests {
     #[test]
     fn the_fingerprint_is_the_start_of_the_sha256_and_never_the_token() {
         let token = EphemeralToken::new("abc");
-        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223...
         assert_eq!(fingerprint(&token), "ba7816bf8f01cfea");
     }
 
