@@ -1,10 +1,12 @@
 //! SIGHUP: reload what can change while serving. The configuration is loaded again from
 //! where it came from at start (the same `--config` file, the environment, a rotated
 //! `ORGA_API_KEY_FILE`) and validated first; if it is invalid, every problem is logged
-//! and the running configuration stays. Otherwise the live keys ([`LIVE_KEYS`]) take
-//! effect at once, and every other key that differs from the running configuration is
-//! logged as needing a restart. Each outcome is counted in
-//! `orga_proxy_config_reloads_total{outcome="ok|invalid"}`.
+//! and the running configuration stays. So is the configuration that would then run:
+//! the live keys ([`LIVE_KEYS`]) of the new one over the rest of the running one, which
+//! two valid files can still make invalid (new `"*"` origins beside the running JWT
+//! cookie). Otherwise the live keys take effect at once, and every other key that
+//! differs from the running configuration is logged as needing a restart. Each outcome
+//! is counted in `orga_proxy_config_reloads_total{outcome="ok|invalid"}`.
 
 use crate::config::{self, Config, Mode};
 use crate::metrics::CONFIG_RELOADS;
@@ -35,7 +37,8 @@ pub const LIVE_KEYS: &[&str] = &[
 
 impl AppState {
     /// Applies the live keys of a validated `config` (see [`LIVE_KEYS`]). A component
-    /// that can change live joins with one line here, and its keys in [`LIVE_KEYS`].
+    /// that can change live joins with one line here, its keys in [`LIVE_KEYS`], and
+    /// their values in `with_live_keys`.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
         // The one step that can fail goes first, so a refusal changes nothing.
         self.orga.set_api_key(&config.orga.api_key)?;
@@ -98,28 +101,36 @@ impl Reloader {
     pub fn reload(&mut self, state: &AppState) -> Outcome {
         let outcome = match config::load(self.path.as_deref(), self.mode) {
             Err(error) => Outcome::Invalid(error.problems),
-            Ok((mut config, _)) => {
-                (self.prepare)(&mut config);
-                match state.reload(&config) {
-                    Err(problem) => Outcome::Invalid(vec![problem]),
-                    Ok(()) => {
-                        let quotas_live = state.quotas.is_enabled();
-                        let live = |key: &String| {
-                            LIVE_KEYS.contains(&key.as_str())
-                                || (quotas_live && QUOTA_KEYS.contains(&key.as_str()))
-                        };
-                        let changed = differing_keys(&self.applied, &config)
+            Ok((mut loaded, _)) => {
+                (self.prepare)(&mut loaded);
+                let quotas_live = state.quotas.is_enabled();
+                let running = with_live_keys(&self.started, &loaded, quotas_live);
+                let problems = running.problems();
+                if !problems.is_empty() {
+                    Outcome::Invalid(
+                        problems
                             .into_iter()
-                            .filter(live)
-                            .collect();
-                        let needs_restart = differing_keys(&self.started, &config)
-                            .into_iter()
-                            .filter(|key| !live(key))
-                            .collect();
-                        self.applied = config;
-                        Outcome::Applied {
-                            changed,
-                            needs_restart,
+                            .map(|problem| format!("{problem} (with the running values of the keys that need a restart)"))
+                            .collect(),
+                    )
+                } else {
+                    match state.reload(&running) {
+                        Err(problem) => Outcome::Invalid(vec![problem]),
+                        Ok(()) => {
+                            let live = |key: &String| {
+                                LIVE_KEYS.contains(&key.as_str())
+                                    || (quotas_live && QUOTA_KEYS.contains(&key.as_str()))
+                            };
+                            let changed = differing_keys(&self.applied, &running);
+                            let needs_restart = differing_keys(&self.started, &loaded)
+                                .into_iter()
+                                .filter(|key| !live(key))
+                                .collect();
+                            self.applied = running;
+                            Outcome::Applied {
+                                changed,
+                                needs_restart,
+                            }
                         }
                     }
                 }
@@ -128,6 +139,25 @@ impl Reloader {
         report(&outcome);
         outcome
     }
+}
+
+/// The configuration that runs once `loaded` is applied: `started` with the live keys of
+/// `loaded` ([`LIVE_KEYS`], and [`QUOTA_KEYS`] when `quotas_live`). The one place that
+/// says which values a reload takes; [`AppState::reload`] applies exactly these.
+fn with_live_keys(started: &Config, loaded: &Config, quotas_live: bool) -> Config {
+    let mut running = started.clone();
+    running.orga.api_key = loaded.orga.api_key.clone();
+    running.auth.api_keys = loaded.auth.api_keys.clone();
+    running.cors = loaded.cors.clone();
+    let (limits, new) = (&mut running.rate_limit, &loaded.rate_limit);
+    limits.requests_per_minute = new.requests_per_minute;
+    limits.burst = new.burst;
+    limits.per_subject.requests_per_minute = new.per_subject.requests_per_minute;
+    limits.per_subject.burst = new.per_subject.burst;
+    if quotas_live {
+        running.quota = loaded.quota.clone();
+    }
+    running
 }
 
 fn report(outcome: &Outcome) {
@@ -236,6 +266,40 @@ mod tests {
         d.auth.api_keys = ApiKeyList::try_from(vec!["web:fedcba9876543210".to_owned()]).unwrap();
         assert_eq!(differing_keys(&b, &c), ["auth.api_keys", "orga.api_key"]);
         assert_eq!(differing_keys(&c, &d), ["auth.api_keys"]);
+    }
+
+    #[test]
+    fn a_reload_takes_exactly_the_live_keys_and_nothing_else() {
+        let started = Config::default();
+        let mut loaded = Config::default();
+        loaded.orga.api_key = Secret::new("sk_orga_ai_new");
+        loaded.auth.api_keys =
+            ApiKeyList::try_from(vec!["web:0123456789abcdef".to_owned()]).unwrap();
+        loaded.cors.allowed_origins =
+            AllowedOrigins::try_from(vec!["https://app.example.com".to_owned()]).unwrap();
+        loaded.cors.allow_credentials = true;
+        loaded.rate_limit.requests_per_minute = 7;
+        loaded.rate_limit.burst = 8;
+        loaded.rate_limit.per_subject.requests_per_minute = 9;
+        loaded.rate_limit.per_subject.burst = 10;
+        loaded.quota.global_per_day = 11;
+        // ...and restart-only keys, which must keep their running values.
+        loaded.server.request_timeout = std::time::Duration::from_secs(20);
+        loaded.rate_limit.enabled = false;
+        loaded.auth.mode = crate::config::AuthMode::ApiKey;
+
+        let mut live: Vec<&str> = LIVE_KEYS.to_vec();
+        live.sort_unstable();
+        assert_eq!(
+            differing_keys(&started, &with_live_keys(&started, &loaded, false)),
+            live
+        );
+        live.extend(["quota.global_per_day"]);
+        live.sort_unstable();
+        assert_eq!(
+            differing_keys(&started, &with_live_keys(&started, &loaded, true)),
+            live
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use crate::auth::{AuditClaims, Subject};
 use crate::http::request_id::X_REQUEST_ID;
-use crate::orga::{EphemeralToken, Expiry, SessionCredentials};
+use crate::orga::{EphemeralToken, Expiry, Fingerprint, SessionCredentials};
 use crate::ratelimit::Client;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
@@ -85,7 +85,8 @@ pub struct AuditRecord {
     pub audit: &'static str,
     /// The request's id, as on its log line and its `x-request-id` answer header.
     pub request_id: Option<String>,
-    /// What the proxy did: `"issued"` for a credential; the relay names its own.
+    /// What the proxy did: `"issued"` for a credential; for a relayed call `"ok"` or the
+    /// code of the error answered.
     pub outcome: &'static str,
     /// The authenticated subject; null in auth mode none.
     pub subject: Option<String>,
@@ -126,8 +127,9 @@ impl AuditRecord {
         }
     }
 
-    /// The record of a relayed call: the token it used, what happened (`outcome`, e.g.
-    /// `"relayed"` or `"refused"`), Orga's conversation id and the policy's decisions.
+    /// The record of a relayed call: the token it used, what happened (`outcome`: `"ok"`,
+    /// or the code of the error answered), Orga's conversation id and the policy's
+    /// decisions.
     pub fn relay(
         caller: Caller,
         token: &EphemeralToken,
@@ -169,14 +171,7 @@ impl AuditRecord {
 
 /// The first 16 hex digits (64 bits) of the token's SHA-256.
 pub fn fingerprint(token: &EphemeralToken) -> String {
-    use std::fmt::Write;
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.expose().as_bytes());
-    digest.as_ref()[..8]
-        .iter()
-        .fold(String::with_capacity(16), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
+    Fingerprint::of(token).hex(16)
 }
 
 #[cfg(test)]
@@ -196,7 +191,6 @@ mod tests {
     #[test]
     fn the_fingerprint_is_the_start_of_the_sha256_and_never_the_token() {
         let token = EphemeralToken::new("abc");
-        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223...
         assert_eq!(fingerprint(&token), "ba7816bf8f01cfea");
     }
 
@@ -212,7 +206,7 @@ mod tests {
         let record = AuditRecord::relay(
             caller,
             &EphemeralToken::new("ek_canary"),
-            "relayed",
+            "ok",
             None,
             BTreeMap::new(),
         );
@@ -220,7 +214,7 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
         let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(parsed["user_agent"], hostile);
-        assert_eq!(parsed["outcome"], "relayed");
+        assert_eq!(parsed["outcome"], "ok");
         assert!(!line.contains("ek_canary"));
     }
 

@@ -76,10 +76,15 @@ impl Provider for PrefixedEnv {
     fn data(&self) -> Result<Map<Profile, Dict>, Error> {
         let mut dict = Dict::new();
         for (key, raw) in self.entries() {
-            let nested = figment::util::nest(&key, typed(&raw))
-                .into_dict()
-                .expect("nest returns a dictionary");
-            merge(&mut dict, nested);
+            match figment::util::nest(&key, typed(&raw)) {
+                Value::Dict(_, nested) => merge(&mut dict, nested),
+                // A name whose first segment is empty (`ORGA_PROXY___MODE`, one `_` too
+                // many) nests nothing: kept under its own name, it is reported as an
+                // unknown key instead of being taken for the whole configuration.
+                value => {
+                    dict.insert(key, value);
+                }
+            }
         }
         Ok(Profile::Default.collect(dict))
     }

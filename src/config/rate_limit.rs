@@ -13,7 +13,8 @@ use std::time::Duration;
 const MAX_RATE: u32 = 1_000_000;
 /// Largest burst accepted; a bigger burst is no limit at all.
 const MAX_BURST: u32 = 100_000;
-/// Largest table of tracked clients accepted (about 7 GB at the measured ~70 bytes each).
+/// Largest table of tracked clients accepted: several gigabytes of memory when full, far
+/// past any real deployment, so a larger value is a typo.
 const MAX_TRACKED: usize = 100_000_000;
 
 /// `[rate_limit]`: per-client limits on the credentials route. Every admitted

@@ -1,9 +1,10 @@
-//! The gate in front of the service's billable routes (credentials, and the relay),
-//! one small stage each, composed in [`super::router`]: who the client is and its rate
-//! limit, then who the caller is, then the caller's own limit, then (credentials only)
-//! the daily quotas. Load shedding comes after them (tower's `LoadShed` over a shared
-//! concurrency limit), so refused callers never hold a slot. A stage that admits with a budget puts its `RateLimit-*` headers on the
-//! answer, refusals from later stages included.
+//! The gate in front of the service's billable routes, one small stage each, composed in
+//! [`super::router`]: who the client is and its rate limit, then who the caller is, then
+//! the caller's own limit, then the daily quotas. Load shedding comes after them (tower's
+//! `LoadShed` over a shared concurrency limit), so refused callers never hold a slot. The
+//! relay's gate takes only the first stage (see `super::relay_gate`). A stage that admits
+//! with a budget puts its `RateLimit-*` headers on the answer, refusals from later
+//! stages included.
 
 use crate::auth::{AuthError, Subject};
 use crate::error::ApiError;

@@ -93,13 +93,15 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `GET` and `POST` behind the gate. `HEAD` is refused explicitly: axum would otherwise
-/// run the GET handler for it and mint a billable token whose body is thrown away.
+/// run the GET handler for it and mint a billable token whose body is thrown away. It is
+/// added after the gate, like the fallback, so a refused method spends no budget, asks
+/// for no credentials and reserves no quota.
 fn credentials_methods(state: &AppState) -> MethodRouter<AppState> {
     get(credentials::credentials)
         .post(credentials::credentials)
+        .route_layer(credentials_gate(state))
         .head(|| async { not_allowed("GET, POST") })
         .fallback(|| async { not_allowed("GET, POST") })
-        .route_layer(credentials_gate(state))
 }
 
 /// The gate's layers, type-erased so every billable route can take them.

@@ -10,4 +10,6 @@ mod types;
 pub use breaker::CircuitState;
 pub use client::OrgaClient;
 pub use error::{Call, OrgaError};
-pub use types::{ClientSecret, EphemeralToken, Expiry, IceServer, IceUrls, SessionCredentials};
+pub use types::{
+    ClientSecret, EphemeralToken, Expiry, Fingerprint, IceServer, IceUrls, SessionCredentials,
+};

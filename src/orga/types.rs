@@ -44,6 +44,42 @@ impl fmt::Debug for EphemeralToken {
     }
 }
 
+/// The SHA-256 of an ephemeral token: what the proxy keeps and writes in the token's
+/// place (the relay's binding records, audit records), never the token itself.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of `token`.
+    pub fn of(token: &EphemeralToken) -> Self {
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.expose().as_bytes());
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        Self(bytes)
+    }
+
+    /// The first `digits` hex digits (all 64 at most).
+    pub fn hex(&self, digits: usize) -> String {
+        use std::fmt::Write;
+        let mut hex = self
+            .0
+            .iter()
+            .fold(String::with_capacity(64), |mut hex, byte| {
+                let _ = write!(hex, "{byte:02x}");
+                hex
+            });
+        hex.truncate(digits);
+        hex
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({}…)", self.hex(8))
+    }
+}
+
 /// The client-secrets answer: the token and, when Orga gives one, its expiry.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClientSecret {
@@ -196,6 +232,16 @@ pub struct SessionCredentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_is_the_sha256_and_never_shows_the_token() {
+        let abc = Fingerprint::of(&EphemeralToken::new("abc"));
+        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223...
+        assert_eq!(abc.hex(16), "ba7816bf8f01cfea");
+        assert_eq!(abc.hex(64).len(), 64);
+        let debug = format!("{:?}", Fingerprint::of(&EphemeralToken::new("ek_canary")));
+        assert!(!debug.contains("canary"), "{debug}");
+    }
 
     #[test]
     fn debug_never_shows_the_token_or_turn_credential() {

@@ -23,10 +23,9 @@
 use crate::clock::Clock;
 use crate::config::{RedisConfig, RelayConfig};
 use crate::metrics::{RELAY_BINDING_FULL, RELAY_BOUND_TOKENS};
-use crate::orga::{EphemeralToken, Expiry};
+use crate::orga::{EphemeralToken, Expiry, Fingerprint};
 use crate::store::RedisConnection;
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +35,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const MAX_LIFETIME: Duration = Duration::from_secs(3_600);
 /// How often the memory table is swept of expired records, at most.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// While the memory table stays full, how often the warning is repeated: every refused
+/// credential is counted, but a flood of them must not become a flood of log lines.
+const FULL_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Check-and-mark. KEYS[1]: the record. Returns {0} unknown or expired, {2} already
 /// used, {1, subject} accepted (and now marked used, keeping its expiry).
@@ -51,31 +53,6 @@ return {1, string.sub(value, 3)}
 ";
 
 static REDEEM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REDEEM_LUA));
-
-/// The SHA-256 of a token: what a record is keyed by.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint([u8; 32]);
-
-impl Fingerprint {
-    /// The fingerprint of `token`.
-    pub fn of(token: &EphemeralToken) -> Self {
-        let digest =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.expose().as_bytes());
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Self(bytes)
-    }
-
-    fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({}…)", &self.hex()[..8])
-    }
-}
 
 /// What the relay learns about a token it is shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +118,7 @@ impl TokenBindings {
     /// table or a Redis known to be failing does not cost an Orga token.
     pub fn has_room(&self) -> Result<(), BindingError> {
         match self {
-            Self::Memory(memory) if !memory.has_room() => Err(BindingError::Full),
+            Self::Memory(memory) => memory.has_room(),
             Self::Redis { connection, .. } if !connection.is_healthy() => Err(BindingError::Store(
                 "Redis failed its last call; not minting until it answers".into(),
             )),
@@ -169,7 +146,7 @@ impl TokenBindings {
                 if lifetime.is_zero() {
                     return Ok(()); // already expired by Orga's word: nothing to record
                 }
-                let key = format!("{prefix}{}", fingerprint.hex());
+                let key = format!("{prefix}{}", fingerprint.hex(64));
                 let value = match subject {
                     Some(subject) => format!("0:{subject}"),
                     None => "0".to_owned(),
@@ -204,7 +181,7 @@ impl TokenBindings {
             Self::Redis {
                 connection, prefix, ..
             } => {
-                let key = format!("{prefix}{}", fingerprint.hex());
+                let key = format!("{prefix}{}", fingerprint.hex(64));
                 let (state, subject) = connection
                     .query(|mut conn| async move {
                         REDEEM
@@ -259,6 +236,8 @@ struct Table {
     records: HashMap<Fingerprint, Record>,
     /// When expired records are next swept out.
     next_sweep: SystemTime,
+    /// When a refusal for a full table was last logged.
+    full_warned_at: Option<SystemTime>,
 }
 
 /// One issued token's binding.
@@ -278,6 +257,7 @@ impl MemoryBindings {
             table: Mutex::new(Table {
                 records: HashMap::new(),
                 next_sweep: clock.wall() + SWEEP_EVERY,
+                full_warned_at: None,
             }),
             capacity,
             ttl,
@@ -299,12 +279,34 @@ impl MemoryBindings {
         self.len() == 0
     }
 
-    fn has_room(&self) -> bool {
+    fn has_room(&self) -> Result<(), BindingError> {
         let mut table = self.lock();
         if table.records.len() >= self.capacity {
             self.make_room(&mut table);
         }
-        table.records.len() < self.capacity
+        if table.records.len() < self.capacity {
+            Ok(())
+        } else {
+            Err(self.full(&mut table))
+        }
+    }
+
+    /// The refusal for a full table: counted every time, logged now and then.
+    fn full(&self, table: &mut Table) -> BindingError {
+        metrics::counter!(RELAY_BINDING_FULL).increment(1);
+        let now = self.clock.wall();
+        let due = table.full_warned_at.is_none_or(|at| {
+            now.duration_since(at)
+                .map_or(true, |since| since >= FULL_WARN_EVERY)
+        });
+        if due {
+            table.full_warned_at = Some(now);
+            tracing::warn!(
+                max_bound_tokens = self.capacity,
+                "relay token binding table full (relay.max_bound_tokens): refusing to issue until records expire or are used"
+            );
+        }
+        BindingError::Full
     }
 
     fn bind(
@@ -324,8 +326,7 @@ impl MemoryBindings {
             self.make_room(&mut table);
         }
         if table.records.len() >= self.capacity && !table.records.contains_key(&fingerprint) {
-            metrics::counter!(RELAY_BINDING_FULL).increment(1);
-            return Err(BindingError::Full);
+            return Err(self.full(&mut table));
         }
         table.records.entry(fingerprint).or_insert(Record {
             subject: subject.map(Arc::from),
@@ -429,7 +430,7 @@ mod tests {
         let (bindings, clock) = table(2);
         bindings.bind(fingerprint("ek_1"), None, None).unwrap();
         bindings.bind(fingerprint("ek_2"), None, None).unwrap();
-        assert!(!bindings.has_room());
+        assert_eq!(bindings.has_room(), Err(BindingError::Full));
         assert_eq!(
             bindings.bind(fingerprint("ek_3"), None, None),
             Err(BindingError::Full)
@@ -439,12 +440,12 @@ mod tests {
             Redeemed::Accepted(None),
             "nothing promised was evicted"
         );
-        assert!(bindings.has_room(), "a used record makes way");
+        assert_eq!(bindings.has_room(), Ok(()), "a used record makes way");
         bindings.bind(fingerprint("ek_3"), None, None).unwrap();
         assert_eq!(bindings.redeem(fingerprint("ek_2")), Redeemed::Unknown);
-        assert!(!bindings.has_room());
+        assert_eq!(bindings.has_room(), Err(BindingError::Full));
         clock.advance(TTL);
-        assert!(bindings.has_room(), "expired records are swept");
+        assert_eq!(bindings.has_room(), Ok(()), "expired records are swept");
         bindings.bind(fingerprint("ek_4"), None, None).unwrap();
         assert_eq!(bindings.len(), 1);
     }
@@ -461,12 +462,5 @@ mod tests {
         assert_eq!(lifetime(Some(&text), now, TTL), Duration::from_secs(120));
         assert_eq!(lifetime(Some(&Expiry::Text("soon".into())), now, TTL), TTL);
         assert_eq!(lifetime(None, now, TTL), TTL);
-    }
-
-    #[test]
-    fn a_fingerprint_never_shows_the_token() {
-        let debug = format!("{:?}", fingerprint("ek_canary"));
-        assert!(!debug.contains("canary"), "{debug}");
-        assert_eq!(fingerprint("ek_x").hex().len(), 64);
     }
 }

@@ -85,20 +85,19 @@ impl Relay {
     }
 }
 
-/// The 503 for a token that cannot be recorded or checked, logged once here.
+/// The 503 for a token that cannot be recorded or checked. Neither cause is logged per
+/// request: the memory table warns while it is full, and the Redis connection logs each
+/// outage when it starts.
 pub fn binding_refused(error: &BindingError) -> ApiError {
     match error {
-        BindingError::Full => {
-            tracing::warn!(
-                "relay token binding table full (relay.max_bound_tokens): refusing to issue until records expire or are used"
-            );
-            ApiError::Unavailable {
-                reason: "The proxy is holding as many unused session tokens as it allows; try again shortly.".into(),
-                retry_after: FULL_RETRY_AFTER,
-            }
-        }
+        BindingError::Full => ApiError::Unavailable {
+            reason:
+                "The proxy is holding as many unused session tokens as it allows; try again shortly."
+                    .into(),
+            retry_after: FULL_RETRY_AFTER,
+        },
         BindingError::Store(reason) => {
-            tracing::warn!(%reason, "relay token binding: Redis failed; refusing");
+            tracing::debug!(%reason, "relay token binding: Redis failed; refusing");
             ApiError::Unavailable {
                 reason: "The proxy cannot check session tokens right now; try again shortly."
                     .into(),

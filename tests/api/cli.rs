@@ -136,6 +136,20 @@ fn an_unknown_section_is_named_once() {
 }
 
 #[test]
+fn a_variable_with_one_underscore_too_many_is_an_unknown_key_not_a_crash() {
+    let output = run(command(&["check-config"])
+        .env("ORGA_API_KEY", "sk_orga_ai_x")
+        .env("ORGA_PROXY___MODE", "api_key"));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("(ORGA_PROXY___MODE): unknown key"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_prefixed_variable_wins_over_the_conventional_alias() {
     let output = run(command(&["check-config"])
         .env("ORGA_API_KEY", "sk_orga_ai_x")

@@ -111,6 +111,32 @@ async fn head_on_the_credentials_route_is_405_and_mints_nothing() {
 }
 
 #[tokio::test]
+async fn head_is_refused_before_the_gate_spends_a_budget_or_asks_for_a_key() {
+    let app = spawn_app_with(|c| {
+        c.auth.mode = orga_proxy::config::AuthMode::ApiKey;
+        c.auth.api_keys = api_keys(&["web:0123456789abcdef0123"]);
+        c.rate_limit.enabled = true;
+        c.rate_limit.burst = 1;
+        c.rate_limit.requests_per_minute = 1;
+    })
+    .await;
+    let url = app.url(&app.credentials_path);
+    for _ in 0..3 {
+        let response = app.client.head(&url).send().await.unwrap();
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()["allow"], "GET, POST");
+    }
+    let response = app
+        .client
+        .get(&url)
+        .bearer_auth("0123456789abcdef0123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the HEADs spent no budget");
+}
+
+#[tokio::test]
 async fn a_client_trickling_its_headers_is_cut_off_after_the_header_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app_with(|c| c.server.header_read_timeout = Duration::from_millis(300)).await;

@@ -265,3 +265,44 @@ async fn a_reload_changes_the_daily_quota_keeping_todays_count() {
     );
     assert_eq!(app.get_credentials().await.status(), 429);
 }
+
+#[tokio::test]
+async fn a_reload_is_refused_when_its_live_keys_and_the_running_rest_would_not_start_together() {
+    use orga_proxy::config::{AuthMode, Mode};
+    use orga_proxy::reload::{Outcome, Reloader};
+    const SECRET: &str = "reload-test-shared-secret-0123456789abcdef";
+    let app = spawn_app_with(|c| {
+        c.auth.mode = AuthMode::Jwt;
+        c.auth.jwt.secret = Secret::new(SECRET);
+        c.auth.jwt.cookie = Some("session".parse().unwrap());
+        c.cors.allowed_origins = origins(&["https://app.example"]);
+    })
+    .await;
+    // Valid on its own, having no cookie. But the cookie needs a restart, so what would
+    // run is "*" origins beside the running cookie: a cookie token from any site.
+    let file = scratch().join("orga-proxy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[auth]\nmode = \"jwt\"\n\n[auth.jwt]\nsecret = \"{SECRET}\"\n\n[cors]\nallowed_origins = [\"*\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut reloader = Reloader::new(
+        Some(file),
+        Mode::Dev,
+        app.state.config.clone(),
+        Box::new(|_| {}),
+    );
+    let Outcome::Invalid(problems) = reloader.reload(&app.state) else {
+        panic!("the reload was applied");
+    };
+    assert!(
+        problems.iter().any(|p| p.contains("auth.jwt.cookie")),
+        "{problems:?}"
+    );
+    assert!(
+        !app.state.cors.load().allowed_origins.allows_any(),
+        "the running origins are kept"
+    );
+}

@@ -151,8 +151,13 @@ async fn with_bind_tokens_off_any_bearer_is_relayed_for_orga_to_judge() {
 async fn a_full_binding_table_refuses_to_issue_rather_than_evict_and_mints_nothing() {
     let relay = relay_app(call_answer(), |c| c.relay.max_bound_tokens = 2).await;
     let (first, second) = (relay.token().await, relay.token().await);
+    let refused_before = counter("orga_proxy_relay_binding_full_total");
     let full = relay.app.get_credentials().await;
     assert_eq!(full.status(), 503);
+    assert!(
+        counter("orga_proxy_relay_binding_full_total") >= refused_before + 1.0,
+        "a credential refused before minting is counted"
+    );
     assert!(full.headers().contains_key("retry-after"));
     assert_eq!(error_code(full).await, "unavailable");
     assert_eq!(
