@@ -28,6 +28,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod evict;
 pub mod http;
 pub mod metrics;
 pub mod orga;

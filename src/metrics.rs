@@ -67,8 +67,8 @@ pub const QUOTA_EXCEEDED: &str = "orga_proxy_quota_exceeded_total";
 /// Credentials counted against `quota.global_per_day` today (this replica's latest view
 /// of the shared count with Redis).
 pub const QUOTA_GLOBAL_USED: &str = "orga_proxy_quota_global_used";
-/// Credentials requests from new subjects or clients counted in the shared overflow
-/// quota because the in-memory table was full, by `quota`.
+/// Subjects or clients forgotten to make room in a full in-memory quota table (the one
+/// with the fewest credentials today among a sample), by `quota`.
 pub const QUOTA_TABLE_FULL: &str = "orga_proxy_quota_table_full_total";
 /// Audit records written to the sink.
 pub const AUDIT_RECORDS: &str = "orga_proxy_audit_records_total";
@@ -197,7 +197,7 @@ fn describe() {
     );
     describe_counter!(
         QUOTA_TABLE_FULL,
-        "Requests of new callers counted in the shared overflow quota (in-memory table full), by quota."
+        "Callers forgotten to make room in a full in-memory quota table, by quota."
     );
     describe_counter!(AUDIT_RECORDS, "Audit records written to the sink.");
     describe_counter!(

@@ -28,10 +28,14 @@ pub struct RedisConnection {
     failure: RedisFailure,
     /// Whether the last call succeeded, and what the log has said about it.
     health: Health,
-    /// The `redis` readiness flag: with `closed`, whether Redis answers now; otherwise
-    /// whether it has answered once (a wrong `redis_url` never becomes ready, but an
-    /// outage later does not take every replica out of the load balancer).
+    /// The `redis` readiness flag: when nothing can be served without Redis
+    /// ([`RedisConnection::required`]), whether Redis answers now; otherwise whether it
+    /// has answered once (a wrong `redis.url` never becomes ready, but an outage later
+    /// does not take every replica out of the load balancer).
     ready: Arc<AtomicBool>,
+    /// Whether readiness follows Redis's health: with `redis_failure = "closed"`, and
+    /// with relay token binding in Redis, which refuses every credential while it fails.
+    required: bool,
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -52,6 +56,7 @@ impl RedisConnection {
         timeout: Duration,
         failure: RedisFailure,
         ready: Arc<AtomicBool>,
+        required: bool,
     ) -> Result<Arc<Self>, String> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err("the Redis connection must be started inside a Tokio runtime".into());
@@ -64,6 +69,7 @@ impl RedisConnection {
             failure,
             health: Health::default(),
             ready,
+            required,
         });
         tokio::spawn(ping_until_dropped(Arc::downgrade(&connection)));
         Ok(connection)
@@ -86,6 +92,7 @@ impl RedisConnection {
                 config.redis.timeout,
                 rate_limit.redis_failure,
                 readiness.dependency("redis"),
+                rate_limit.redis_failure == RedisFailure::Closed || binding,
             )
             .map(Some),
             (None, _) if needed => {
@@ -150,7 +157,7 @@ impl RedisConnection {
 
     fn record(&self, error: Option<&Failure>) {
         let ok = error.is_none();
-        if ok || self.failure == RedisFailure::Closed {
+        if ok || self.required {
             self.ready.store(ok, Ordering::SeqCst);
         }
         match (self.health.observe(error), error) {

@@ -65,6 +65,30 @@ pub async fn with_request_facts<F: Future>(request: F) -> F::Output {
         .await
 }
 
+/// Runs `work` with a record of facts of its own and returns it with the output: for
+/// work a request hands to another task, whose notes would otherwise go nowhere. The
+/// request then [`adopt`]s them.
+pub async fn gathering<F: Future>(work: F) -> (F::Output, RequestFacts) {
+    let work = async {
+        let output = work.await;
+        (output, request_facts().unwrap_or_default())
+    };
+    FACTS
+        .scope(RefCell::new(RequestFacts::default()), work)
+        .await
+}
+
+/// Adds facts [`gathering`] brought back from another task to the current request's.
+pub fn adopt(gathered: RequestFacts) {
+    update(|facts| {
+        facts.subject = gathered.subject.or(facts.subject.take());
+        facts.pool_hit |= gathered.pool_hit;
+        facts.upstream.extend(gathered.upstream);
+        facts.conversation_id = gathered.conversation_id.or(facts.conversation_id.take());
+        facts.policy = gathered.policy.or(facts.policy.take());
+    });
+}
+
 /// The facts noted so far in the current request, if there is one.
 pub fn request_facts() -> Option<RequestFacts> {
     FACTS.try_with(|facts| facts.borrow().clone()).ok()
@@ -108,6 +132,28 @@ pub fn note_policy(decisions: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn facts_gathered_on_another_task_are_adopted_by_the_request() {
+        let facts = with_request_facts(async {
+            note_subject("user-1");
+            let (answer, gathered) = tokio::spawn(gathering(async {
+                note_conversation("conv_2");
+                note_upstream("calls", Duration::from_millis(9));
+                42
+            }))
+            .await
+            .unwrap();
+            assert_eq!(answer, 42);
+            adopt(gathered);
+            request_facts()
+        })
+        .await
+        .unwrap();
+        assert_eq!(facts.subject.as_deref(), Some("user-1"));
+        assert_eq!(facts.conversation_id.as_deref(), Some("conv_2"));
+        assert_eq!(facts.upstream, [("calls", Duration::from_millis(9))]);
+    }
 
     #[tokio::test]
     async fn facts_noted_inside_a_request_are_read_back_and_outside_go_nowhere() {

@@ -160,7 +160,7 @@ impl Audit {
         let Some(inner) = &self.inner else {
             return Ok(());
         };
-        record.time = humantime::format_rfc3339_millis(inner.clock.wall()).to_string();
+        record.time = rfc3339_millis(inner.clock.wall());
         let mut line = serde_json::to_vec(&record).map_err(|_| AuditError::Failed)?;
         line.push(b'\n');
         let (ack, written) = oneshot::channel();
@@ -231,5 +231,29 @@ impl Audit {
                 SHUTDOWN_WAIT.as_secs()
             );
         }
+    }
+}
+
+/// `wall` as RFC 3339 UTC to the millisecond. humantime panics outside 1970..=9999, which
+/// only a broken system clock could reach: such a clock is clamped rather than allowed to
+/// stop the audit trail.
+fn rfc3339_millis(wall: std::time::SystemTime) -> String {
+    let last = std::time::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799);
+    humantime::format_rfc3339_millis(wall.clamp(std::time::UNIX_EPOCH, last)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_clock_outside_1970_to_9999_is_clamped_not_a_panic() {
+        assert_eq!(
+            rfc3339_millis(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(rfc3339_millis(far), "9999-12-31T23:59:59.000Z");
     }
 }

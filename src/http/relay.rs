@@ -87,6 +87,34 @@ pub async fn redeem_token(
 pub async fn start_call(
     State(state): State<AppState>,
     Extension(caller): Extension<RelayCaller>,
+    audit_caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // On a task of its own, so a client that goes away mid-call cannot cut it short: a
+    // call Orga has started is billable, and its audit record must still be written.
+    let work = relay_and_record(state, caller, audit_caller, headers, body);
+    match tokio::spawn(crate::telemetry::gathering(work)).await {
+        Ok((response, facts)) => {
+            crate::telemetry::adopt(facts);
+            response
+        }
+        Err(error) => {
+            tracing::error!(%error, "relay: the call start's task failed");
+            counted(Err(ApiError::Unavailable {
+                reason:
+                    "The call start failed inside the proxy; fetch new credentials and try again."
+                        .into(),
+                retry_after: std::time::Duration::from_secs(1),
+            }))
+        }
+    }
+}
+
+/// [`relay`], then the call's audit record (see [`start_call`]).
+async fn relay_and_record(
+    state: AppState,
+    caller: RelayCaller,
     mut audit_caller: Caller,
     headers: HeaderMap,
     body: Body,

@@ -3,7 +3,7 @@
 //! with explicit timeouts and a cap on the answer size, behind a circuit breaker, with
 //! one retry where a retry is safe (see [`OrgaClient::session_credentials`]).
 
-use super::breaker::{CircuitBreaker, CircuitState};
+use super::breaker::{CircuitBreaker, CircuitState, Permit};
 use super::error::{Call, OrgaError};
 use super::types::{ClientSecret, EphemeralToken, IceServer, SessionCredentials};
 use crate::clock::Clock;
@@ -113,6 +113,11 @@ impl OrgaClient {
     /// `POST /v1/realtime/calls` with the caller's ephemeral token and `body` (the
     /// offer and the policy-checked params): Orga's answer, parsed as `T`. Not retried:
     /// a call start is not idempotent.
+    ///
+    /// Refused while the circuit is open, but only a transport failure or a timeout
+    /// counts against Orga's health here: a 5xx or a malformed answer may come from the
+    /// client's own SDP, and no outcome of a caller's call start proves Orga can mint
+    /// tokens, so none closes the circuit either.
     pub async fn start_call<T: DeserializeOwned>(
         &self,
         token: &EphemeralToken,
@@ -127,13 +132,26 @@ impl OrgaClient {
             .header(AUTHORIZATION, token.bearer())
             .json(body);
         let timeout = left_before(deadline, self.inner.timeout);
-        let result = self
-            .guarded(timed(call, self.exchange(call, request, timeout)))
-            .await;
-        if let Err(error) = &result {
-            error.report();
+        let permit = self.admit()?;
+        let result = timed(call, self.exchange(call, request, timeout)).await;
+        match &result {
+            Err(error @ (OrgaError::Transport { .. } | OrgaError::Timeout { .. })) => {
+                permit.record(true);
+                error.report();
+            }
+            // Dropped without an outcome: the breaker's state stays as it was.
+            Err(error) => error.report(),
+            Ok(_) => {}
         }
         result
+    }
+
+    /// Leave from the circuit breaker to call Orga, or the open circuit's refusal.
+    fn admit(&self) -> Result<Permit, OrgaError> {
+        self.inner.breaker.admit().map_err(|retry_after| {
+            metrics::counter!(CIRCUIT_REJECTED).increment(1);
+            OrgaError::CircuitOpen { retry_after }
+        })
     }
 
     /// Runs `work` behind the circuit breaker, recording whether it showed Orga unhealthy.
@@ -141,10 +159,7 @@ impl OrgaClient {
         &self,
         work: impl Future<Output = Result<T, OrgaError>>,
     ) -> Result<T, OrgaError> {
-        let permit = self.inner.breaker.admit().map_err(|retry_after| {
-            metrics::counter!(CIRCUIT_REJECTED).increment(1);
-            OrgaError::CircuitOpen { retry_after }
-        })?;
+        let permit = self.admit()?;
         let result = work.await;
         permit.record(
             result

@@ -2,16 +2,21 @@
 //! UTC day, under one lock (so a check across the three quotas is atomic), dropped
 //! whole when the day ends.
 //!
-//! Bounded: each table tracks at most `rate_limit.max_tracked_clients` keys. A daily
-//! count cannot be evicted the way an idle rate-limit budget can (forgetting it would
-//! hand that caller a fresh quota), so once a table is full, callers it has not seen
-//! today share one overflow count with the same limit until midnight: the spend stays
-//! capped, known callers keep their own counts, and the metric
-//! `orga_proxy_quota_table_full_total` and a warning (once a day) tell the operator.
+//! Bounded: each table tracks at most `rate_limit.max_tracked_clients` keys. A new key
+//! that finds its table full makes room by forgetting, among a few sampled at random,
+//! the key with the fewest credentials today ([`crate::evict`]): forgetting a count hands
+//! that caller back exactly what it had spent, so this gives away the least. A spray of
+//! addresses, one credential each, then evicts its own entries, and every newcomer gets a
+//! count of its own; a caller who has spent much of its quota is the last to go, and only
+//! to a spray that spends as much per address. (A shared overflow count would let such a
+//! spray lock newcomers out until midnight.) `orga_proxy_quota_table_full_total` counts
+//! the evictions, with a warning once a day.
 
 use super::{Scope, Want};
+use crate::evict::evict_cheapest;
 use crate::metrics::QUOTA_TABLE_FULL;
-use std::collections::HashMap;
+use indexmap::IndexMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 /// The counts of one day.
@@ -20,6 +25,8 @@ pub struct MemoryCounts {
     state: Mutex<Counts>,
     /// Most keys per table.
     max_keys: usize,
+    /// Keys where eviction starts sampling, so no client can aim it.
+    hasher: RandomState,
 }
 
 /// One day's counts.
@@ -39,10 +46,8 @@ struct Counts {
 #[derive(Default)]
 struct Table {
     /// Credentials per key today.
-    counts: HashMap<String, u32>,
-    /// Credentials of the keys that found the table full.
-    overflow: u32,
-    /// Whether today's first overflow was logged.
+    counts: IndexMap<String, u32>,
+    /// Whether today's first eviction was logged.
     warned: bool,
 }
 
@@ -51,8 +56,6 @@ struct Table {
 enum Slot {
     /// The key's own count.
     Key(String),
-    /// The table's overflow count.
-    Overflow,
     /// The global count.
     Global,
 }
@@ -73,6 +76,7 @@ impl MemoryCounts {
         Self {
             state: Mutex::new(Counts::default()),
             max_keys: max_keys.max(1),
+            hasher: RandomState::new(),
         }
     }
 
@@ -97,14 +101,8 @@ impl MemoryCounts {
             let (slot, used) = match want.scope {
                 Scope::Global => (Slot::Global, counts.global),
                 scope => {
-                    let table = counts.table(scope);
-                    match table.counts.get(&want.key) {
-                        Some(&used) => (Slot::Key(want.key.clone()), used),
-                        None if table.counts.len() >= self.max_keys => {
-                            (Slot::Overflow, table.overflow)
-                        }
-                        None => (Slot::Key(want.key.clone()), 0),
-                    }
+                    let used = counts.table(scope).counts.get(&want.key).copied();
+                    (Slot::Key(want.key.clone()), used.unwrap_or(0))
                 }
             };
             if used >= want.limit {
@@ -113,7 +111,13 @@ impl MemoryCounts {
             slots.push((want.scope, slot));
         }
         for (scope, slot) in &slots {
-            counts.count(*scope, slot, self.max_keys);
+            if let Slot::Key(key) = slot {
+                let seed = self.hasher.hash_one(key);
+                counts
+                    .table(*scope)
+                    .make_room(*scope, key, seed, self.max_keys);
+            }
+            counts.count(*scope, slot);
         }
         let global = wants
             .iter()
@@ -136,16 +140,12 @@ impl MemoryCounts {
                     counts.global = counts.global.saturating_sub(1);
                     global = Some(counts.global);
                 }
-                Slot::Overflow => {
-                    let table = counts.table(*scope);
-                    table.overflow = table.overflow.saturating_sub(1);
-                }
                 Slot::Key(key) => {
                     let table = counts.table(*scope);
                     if let Some(used) = table.counts.get_mut(key) {
                         *used = used.saturating_sub(1);
                         if *used == 0 {
-                            table.counts.remove(key);
+                            table.counts.swap_remove(key);
                         }
                     }
                 }
@@ -170,21 +170,29 @@ impl Counts {
     }
 
     /// Counts one unit in `slot`.
-    fn count(&mut self, scope: Scope, slot: &Slot, max_keys: usize) {
+    fn count(&mut self, scope: Scope, slot: &Slot) {
         match slot {
             Slot::Global => self.global += 1,
             Slot::Key(key) => *self.table(scope).counts.entry(key.clone()).or_insert(0) += 1,
-            Slot::Overflow => {
-                let table = self.table(scope);
-                table.overflow += 1;
-                metrics::counter!(QUOTA_TABLE_FULL, "quota" => scope.label()).increment(1);
-                if !std::mem::replace(&mut table.warned, true) {
-                    tracing::warn!(
-                        quota = scope.label(),
-                        max_tracked_clients = max_keys,
-                        "quota table full: callers not seen today share one overflow quota until 00:00 UTC; raise rate_limit.max_tracked_clients if this is not an attack"
-                    );
-                }
+        }
+    }
+}
+
+impl Table {
+    /// Before `key` is counted: if it is new and the table full, forgets the sampled key
+    /// with the fewest credentials today (see the module documentation).
+    fn make_room(&mut self, scope: Scope, key: &str, seed: u64, max_keys: usize) {
+        if self.counts.contains_key(key) || self.counts.len() < max_keys {
+            return;
+        }
+        if evict_cheapest(&mut self.counts, seed, |used| u64::from(*used)) {
+            metrics::counter!(QUOTA_TABLE_FULL, "quota" => scope.label()).increment(1);
+            if !std::mem::replace(&mut self.warned, true) {
+                tracing::warn!(
+                    quota = scope.label(),
+                    max_tracked_clients = max_keys,
+                    "quota table full: the callers with the fewest credentials today are forgotten to make room; raise rate_limit.max_tracked_clients if this is not an attack"
+                );
             }
         }
     }
@@ -230,22 +238,37 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_sends_newcomers_to_one_shared_count_and_never_grows() {
-        let counts = MemoryCounts::new(2);
-        for key in ["a", "b"] {
-            counts.reserve(1, &[want(Scope::Subject, key, 2)]).unwrap();
+    fn during_a_spray_every_newcomer_gets_its_own_count_and_the_table_never_grows() {
+        let counts = MemoryCounts::new(64);
+        let client = |key: &str| [want(Scope::Client, key, 3)];
+        // A caller that has spent all but one of its quota, then a spray of addresses.
+        for _ in 0..2 {
+            counts.reserve(1, &client("spender")).unwrap();
         }
-        // c and d share the overflow count of 2; e finds it spent.
-        counts.reserve(1, &[want(Scope::Subject, "c", 2)]).unwrap();
-        counts.reserve(1, &[want(Scope::Subject, "d", 2)]).unwrap();
-        let refused = counts.reserve(1, &[want(Scope::Subject, "e", 2)]);
-        assert_eq!(refused.unwrap_err(), Scope::Subject);
-        assert_eq!(counts.tracked(Scope::Subject), 2);
-        // Known keys keep their own count.
-        assert!(counts.reserve(1, &[want(Scope::Subject, "a", 2)]).is_ok());
+        for n in 0..5_000 {
+            counts.reserve(1, &client(&format!("spray-{n}"))).unwrap();
+            if n % 500 == 0 {
+                // A newcomer mid-spray has its whole quota of its own.
+                let newcomer = format!("newcomer-{n}");
+                for _ in 0..3 {
+                    counts.reserve(1, &client(&newcomer)).unwrap();
+                }
+                assert_eq!(
+                    counts.reserve(1, &client(&newcomer)).unwrap_err(),
+                    Scope::Client
+                );
+            }
+            assert!(counts.tracked(Scope::Client) <= 64);
+        }
+        // The spender's count survived the spray: one credential left, not three.
+        counts.reserve(1, &client("spender")).unwrap();
+        assert_eq!(
+            counts.reserve(1, &client("spender")).unwrap_err(),
+            Scope::Client
+        );
         // A new day empties the table.
-        counts.reserve(2, &[want(Scope::Subject, "e", 2)]).unwrap();
-        assert_eq!(counts.tracked(Scope::Subject), 1);
+        counts.reserve(2, &client("fresh")).unwrap();
+        assert_eq!(counts.tracked(Scope::Client), 1);
     }
 
     #[test]

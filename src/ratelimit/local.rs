@@ -4,7 +4,7 @@
 //!
 //! The table holds at most `max_tracked_clients` keys. A new key that finds it full
 //! replaces the entry closest to a full budget (the earliest theoretical arrival time)
-//! among [`SAMPLES`] picked at random, as Redis approximates LRU. Forgetting a key hands
+//! among a few picked at random ([`crate::evict`]), as Redis approximates LRU. Forgetting a key hands
 //! back exactly the budget it has not yet regained, so this gives away the least there
 //! is: nothing for a key already full again, one request for a spray address that sent
 //! one, while a limited client (budget spent) goes last, and early only once it owes
@@ -18,6 +18,7 @@
 
 use super::Decision;
 use crate::clock::Clock;
+use crate::evict::evict_cheapest;
 use governor::clock::Clock as GovernorClock;
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
@@ -40,9 +41,6 @@ const SHARDS: usize = 32;
 /// Fewest keys a shard holds when full: eviction picks among a shard's keys, so a
 /// shard must hold enough for a limited client always to sit among cheaper ones.
 const MIN_PER_SHARD: usize = 64;
-/// Entries sampled to choose the one to evict: Redis samples 5; 8 hit the cheapest
-/// eighth of a shard two times in three, for eight reads per new key while full.
-const SAMPLES: usize = 8;
 
 /// Keys forgotten to make room, for `/metrics`. Resolved on first use, by then the
 /// recorder is installed (`crate::app` does it first).
@@ -103,19 +101,9 @@ impl<K: Hash + Eq> Shard<K> {
     /// (so no client can aim it), says where sampling starts.
     fn make_room(&mut self, seed: u64) -> u64 {
         let mut evicted = 0;
-        while self.states.len() >= self.cap {
-            let len = self.states.len();
-            let samples = len.min(SAMPLES);
-            // Evenly spaced from a random start: distinct entries, from the whole shard.
-            let stride = len / samples;
-            let start = usize::try_from(seed >> 32).unwrap_or(0) % len;
-            let victim = (0..samples)
-                .map(|i| (start + i * stride) % len)
-                .min_by_key(|&i| self.states.get_index(i).map_or(u64::MAX, |(_, tat)| *tat));
-            match victim.and_then(|i| self.states.swap_remove_index(i)) {
-                Some(_) => evicted += 1,
-                None => break,
-            }
+        // The earliest theoretical arrival time is the budget closest to full.
+        while self.states.len() >= self.cap && evict_cheapest(&mut self.states, seed, |tat| *tat) {
+            evicted += 1;
         }
         evicted
     }

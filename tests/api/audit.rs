@@ -235,6 +235,43 @@ async fn a_relayed_call_is_recorded_with_its_conversation_and_the_policys_decisi
 }
 
 #[tokio::test]
+async fn a_relayed_call_is_recorded_even_when_its_client_goes_away_mid_call() {
+    use crate::relay::{CALLS, OFFER_SDP, call_answer, relay_app, sdk_body};
+    // Orga takes 600 ms; the client gives up after 150 ms. The call Orga started is
+    // billable all the same, so its record must be written.
+    let path = audit_path();
+    let relay = relay_app(call_answer().set_delay(Duration::from_millis(600)), |c| {
+        c.audit.sink = AuditSink::File(path.clone());
+    })
+    .await;
+    let token = relay.token().await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(relay.app.url(CALLS))
+        .bearer_auth(&token)
+        .json(&sdk_body(OFFER_SDP))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up first");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records(&path).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no relay record: {:?}",
+            records(&path)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let call = &records(&path)[1];
+    assert_eq!(call["audit"], "relay", "{call}");
+    assert_eq!(call["outcome"], "ok", "{call}");
+    assert_eq!(call["conversation_id"], "conv_recorded", "{call}");
+}
+
+#[tokio::test]
 async fn a_hostile_user_agent_cannot_forge_a_record() {
     const HOSTILE: &str = r#"evil", "outcome":"forged"}{"audit":"credential","outcome":"issued","subject":"admin","x":""#;
     let path = audit_path();

@@ -135,3 +135,31 @@ async fn cors_on_the_relay_allows_the_sdks_headers_to_allowed_origins_only() {
         "preflights never reach Orga"
     );
 }
+
+#[tokio::test]
+async fn failed_call_starts_never_open_the_circuit_for_the_credentials_route() {
+    // A 5xx on a call start may come from the caller's own SDP: it says nothing about
+    // Orga minting tokens, so three of them (the breaker opens after two failures here)
+    // leave the credentials route working.
+    let relay = relay_app(ResponseTemplate::new(500), |c| {
+        c.orga.circuit_breaker_threshold = 2;
+    })
+    .await;
+    for _ in 0..3 {
+        let token = relay.token().await;
+        let failed = relay.start(&token, &sdk_body(OFFER_SDP)).await;
+        assert_eq!(failed.status(), 502);
+    }
+    let ready: Value = relay
+        .app
+        .client
+        .get(relay.app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["upstream_circuit"], "closed");
+    assert_eq!(relay.app.get_credentials().await.status(), 200);
+}
