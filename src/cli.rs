@@ -43,8 +43,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy (the default). SIGTERM, SIGINT and SIGQUIT drain and exit; SIGHUP
-    /// reloads what can change live (the Orga key, API keys, origins, rate-limit
-    /// numbers), keeping the running configuration if the new one is invalid.
+    /// reloads what can change live (the Orga key, API keys, origins, rate-limit and quota
+    /// numbers) and reopens the audit file, keeping the running configuration if the new
+    /// one is invalid.
     Serve,
     /// Run the proxy on an embedded fake Orga Cloud: no API key needed, CORS open to
     /// http://localhost:* and http://127.0.0.1:*, listening on 127.0.0.1 only, with the
@@ -66,7 +67,8 @@ pub enum Command {
     },
     /// Validate the configuration and print it with every secret redacted; exit 0 or 2.
     CheckConfig,
-    /// Exit 0 if URL answers 200, else 1 (for a Docker HEALTHCHECK without curl).
+    /// Exit 0 if URL answers 200 within the timeout, else 1 (for a Docker HEALTHCHECK
+    /// without curl).
     Healthcheck {
         /// Full URL to probe (default: /healthz on the configured listen port at 127.0.0.1).
         #[arg(long, value_name = "URL")]
