@@ -50,9 +50,11 @@ use writer::Submission;
 const QUEUE_CAPACITY: usize = 4096;
 /// Longest a credential waits for its record to be written before it is refused.
 const WAIT_FOR_WRITE: Duration = Duration::from_secs(5);
-/// How long the shutdown waits for the writer before giving up on it (a hung disk
-/// must not hold the process past the container runtime's kill).
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// How long the shutdown waits for the writer before giving up on it: a hung disk must
+/// not hold the process past the container runtime's kill (Docker's 10 s after SIGTERM,
+/// with `server.shutdown_timeout` at 8 s). What is still queued then belongs to
+/// credentials never handed out, each refused when its wait ended.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a record was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

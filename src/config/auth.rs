@@ -129,7 +129,13 @@ impl AuthConfig {
                         "is \"none\" but auth.api_keys is set: the keys would not be checked; set auth.mode = \"api_key\" or remove the keys",
                     );
                 }
-                if !jwt.secret.is_empty() || jwt.jwks_url.is_some() {
+                let jwt_set = !jwt.secret.is_empty()
+                    || jwt.jwks_url.is_some()
+                    || jwt.issuer.is_some()
+                    || jwt.audience.is_some()
+                    || jwt.cookie.is_some()
+                    || !jwt.algorithms.0.is_empty();
+                if jwt_set {
                     problems.add(
                         "auth.mode",
                         "is \"none\" but auth.jwt is configured: tokens would not be checked; set auth.mode = \"jwt\" or remove the jwt settings",
@@ -446,6 +452,18 @@ mod tests {
     fn keys_configured_while_auth_is_off_are_refused_rather_than_ignored() {
         let auth = AuthConfig {
             api_keys: key_list(&["a-long-enough-key"]).unwrap(),
+            ..AuthConfig::default()
+        };
+        assert_eq!(keys_of(&auth), ["auth.mode"]);
+    }
+
+    #[test]
+    fn any_jwt_setting_with_auth_off_is_refused_rather_than_ignored() {
+        let auth = AuthConfig {
+            jwt: JwtConfig {
+                audience: Some("orga-proxy".into()),
+                ..JwtConfig::default()
+            },
             ..AuthConfig::default()
         };
         assert_eq!(keys_of(&auth), ["auth.mode"]);

@@ -88,6 +88,15 @@ pub(super) fn across_sections(config: &Config, problems: &mut Problems) {
         );
     }
     quota_and_audit(config, problems);
+    if rate_limit.enabled
+        && rate_limit.per_subject.enabled
+        && config.auth.mode == super::auth::AuthMode::None
+    {
+        problems.add(
+            "rate_limit.per_subject.enabled",
+            "needs a subject, but auth.mode is \"none\": the limit would never apply; set auth.mode or turn the per-subject limit off",
+        );
+    }
     let origins: &AllowedOrigins = &config.cors.allowed_origins;
     if origins.allows_any() && config.cors.allow_credentials {
         problems.add(

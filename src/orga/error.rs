@@ -143,9 +143,16 @@ impl OrgaError {
                 error = %self, kind,
                 "Orga refused the configured API key or user email; check orga.api_key and orga.user_email"
             ),
-            Self::Auth { .. } => {
-                tracing::info!(error = %self, kind, "Orga refused the ephemeral token")
-            }
+            // The caller's own token, on its call start: the caller's problem.
+            Self::Auth {
+                call: Call::StartCall,
+                ..
+            } => tracing::info!(error = %self, kind, "Orga refused the caller's ephemeral token"),
+            // A token Orga minted a moment ago: Orga is not answering sanely.
+            Self::Auth { .. } => tracing::error!(
+                error = %self, kind,
+                "Orga refused the ephemeral token it had just minted"
+            ),
             Self::RateLimited { retry_after, .. } => tracing::warn!(
                 error = %self, kind, retry_after_s = retry_after.as_secs(),
                 "Orga is rate limiting this account: callers get 503 upstream_rate_limited; lower the proxy's own limits (rate_limit, quota) or ask Orga for a higher limit"
@@ -173,9 +180,17 @@ impl From<&OrgaError> for ApiError {
                 call: Call::ClientSecret,
                 ..
             } => ApiError::UpstreamAuthFailed,
-            OrgaError::Auth { .. } => ApiError::Unauthorized(
+            OrgaError::Auth {
+                call: Call::StartCall,
+                ..
+            } => ApiError::Unauthorized(
                 "Orga refused the session token; fetch new credentials.".into(),
             ),
+            // ice-config with the token just minted: no fault of the caller's.
+            OrgaError::Auth {
+                call: Call::IceConfig,
+                ..
+            } => ApiError::Upstream,
             OrgaError::Timeout { .. } => ApiError::UpstreamTimeout,
             OrgaError::RateLimited { retry_after, .. } => ApiError::UpstreamRateLimited {
                 retry_after: *retry_after,
@@ -231,6 +246,15 @@ mod tests {
             status: 401,
         };
         assert_eq!(ApiError::from(&key), ApiError::UpstreamAuthFailed);
+        let fresh = OrgaError::Auth {
+            call: Call::IceConfig,
+            status: 401,
+        };
+        assert_eq!(
+            ApiError::from(&fresh),
+            ApiError::Upstream,
+            "a token Orga just minted, refused by Orga, is not the caller's fault"
+        );
         let token = OrgaError::Auth {
             call: Call::StartCall,
             status: 401,

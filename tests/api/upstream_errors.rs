@@ -36,6 +36,20 @@ async fn upstream_401_is_502_upstream_auth_failed_and_ice_is_never_called() {
 }
 
 #[tokio::test]
+async fn orga_refusing_the_token_it_just_minted_is_502_not_the_callers_401() {
+    let body = json!({"error": {"message": UPSTREAM_DETAIL, "type": "invalid_request_error", "param": null, "code": null}});
+    let upstream = scripted_upstream(
+        token(),
+        Some(ResponseTemplate::new(401).set_body_json(body)),
+    )
+    .await;
+    let app = spawn_app_against(&upstream.uri(), |_| {}).await;
+    let (status, code, text) = outcome(&app).await;
+    assert_eq!((status, code.as_str()), (502, "upstream_error"));
+    assert!(!text.contains(UPSTREAM_DETAIL));
+}
+
+#[tokio::test]
 async fn upstream_500_is_502_upstream_error_without_echoing_the_body() {
     let upstream = scripted_upstream(
         ResponseTemplate::new(500).set_body_string(UPSTREAM_DETAIL),
