@@ -48,6 +48,11 @@ pub const POOL_HITS: &str = "orga_proxy_pool_hits_total";
 pub const POOL_MISSES: &str = "orga_proxy_pool_misses_total";
 /// Prefetch pool: credentials discarded unused at `pool.max_age`.
 pub const POOL_DISCARDS: &str = "orga_proxy_pool_discards_total";
+/// Prefetch pool: credentials it aims to hold, ready or being minted (`pool.size`, or
+/// what demand needs with `"auto"`).
+pub const POOL_TARGET: &str = "orga_proxy_pool_target_size";
+/// Prefetch pool: credentials ready right now.
+pub const POOL_READY: &str = "orga_proxy_pool_ready";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "orga_proxy_build_info";
 
@@ -132,6 +137,11 @@ fn describe() {
         POOL_DISCARDS,
         "Prefetched credentials discarded unused at pool.max_age."
     );
+    describe_gauge!(
+        POOL_TARGET,
+        "Credentials the prefetch pool aims to hold, ready or being minted."
+    );
+    describe_gauge!(POOL_READY, "Prefetched credentials ready right now.");
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 
     // Series without labels exist from the start, so alerts and rate() see a 0
