@@ -164,7 +164,9 @@ async fn serve_connection(
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .max_header_list_size(MAX_HEAD_BYTES as u32);
         let idle = Some((activity, options.header_read_timeout));
-        drive(builder.serve_connection(io, service), stopped, idle)
+        // Boxed: the HTTP/2-capable connection is several times the size of the
+        // HTTP/1 one, and held inline it would make every connection's task that size.
+        Box::pin(drive(builder.serve_connection(io, service), stopped, idle))
             .await
             .map_err(|e| e.to_string())
     } else {
