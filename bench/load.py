@@ -635,6 +635,8 @@ def main():
         globals()[f"scenario_{name}"](args)
     if FLOORS:
         say("\n## Floors, this run\n")
+        if args.quick:
+            say("A quick run: too short for the floors (the pool's leftovers alone weigh more); a smoke test.\n")
         say("| what | this run | floor | held |")
         say("|---|---:|---:|:---:|")
         for what, shown, target, held in FLOORS:
