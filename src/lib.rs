@@ -89,7 +89,7 @@ pub fn app_with_clock(
                 client.session_credentials(deadline).await
             })
         });
-        pool::CredentialPool::start(&config.pool, mint)
+        pool::CredentialPool::start(&config.pool, mint, clock.clone())
     });
     let redis = store::RedisConnection::from_config(&config, &readiness)?;
     let authenticator =

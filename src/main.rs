@@ -7,5 +7,6 @@ fn main() -> ExitCode {
     orga_proxy::cli::run(orga_proxy::cli::Cli::parse())
 }
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -79,6 +79,11 @@ pub const AUDIT_QUEUE_DEPTH: &str = "orga_proxy_audit_queue_depth";
 /// Configuration reloads (SIGHUP), by `outcome`: `ok` (applied) or `invalid` (refused,
 /// the running configuration kept).
 pub const CONFIG_RELOADS: &str = "orga_proxy_config_reloads_total";
+/// Prefetch pool: credentials it aims to hold, ready or being minted (`pool.size`, or
+/// what demand needs with `"auto"`).
+pub const POOL_TARGET: &str = "orga_proxy_pool_target_size";
+/// Prefetch pool: credentials ready right now.
+pub const POOL_READY: &str = "orga_proxy_pool_ready";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "orga_proxy_build_info";
 
@@ -209,6 +214,11 @@ fn describe() {
         CONFIG_RELOADS,
         "Configuration reloads on SIGHUP, by outcome: ok (applied) or invalid (refused, the running configuration kept)."
     );
+    describe_gauge!(
+        POOL_TARGET,
+        "Credentials the prefetch pool aims to hold, ready or being minted."
+    );
+    describe_gauge!(POOL_READY, "Prefetched credentials ready right now.");
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 
     // Series without labels exist from the start, so alerts and rate() see a 0

@@ -17,6 +17,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// The shared client. Cheap to clone (one connection pool behind it).
+///
+/// Idle connections are not capped (reqwest's default): every request waiting on Orga
+/// holds its own HTTP/1 connection, and a cap would close them as they come back, so
+/// the next burst reconnects; that churn costs more CPU and latency than the idle
+/// connections' memory (see docs/performance.md).
 pub fn client() -> Result<reqwest::Client, String> {
     let mut headers = HeaderMap::new();
     headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));

@@ -28,7 +28,7 @@ pub use cors::{AllowedOrigins, CorsConfig};
 pub use load::{ConfigError, ConfigSource, Mode, load, load_lenient};
 pub use orga::{BaseUrl, Email, OrgaConfig};
 pub use parse::duration::parse as parse_duration;
-pub use pool::PoolConfig;
+pub use pool::{PoolConfig, PoolSize};
 pub use quota::{AuditConfig, AuditSink, QuotaConfig};
 pub use rate_limit::{Backend, PerSubjectConfig, RateLimitConfig, RedisFailure, TrustedProxies};
 pub use redis::{CaFile, RedisConfig, RedisUrl};

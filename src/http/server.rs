@@ -181,12 +181,14 @@ async fn serve_connection(
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .max_header_list_size(MAX_HEAD_BYTES as u32);
         let connection = builder.serve_connection(io, service);
-        drive(
+        // Boxed: the HTTP/2-capable connection is several times the size of the HTTP/1
+        // one, and held inline it would make every connection's task that size.
+        Box::pin(drive(
             connection,
             stopped,
             activity,
             Some(options.header_read_timeout),
-        )
+        ))
         .await
         .map_err(|e| e.to_string())
     } else {

@@ -1,6 +1,7 @@
 //! The prefetch pool, end to end: served from the pool, each credential once.
 
 use crate::helpers::*;
+use orga_proxy::config::PoolSize;
 use orga_proxy::orga::mock::MockOptions;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -14,7 +15,7 @@ async fn with_the_pool_on_every_caller_still_gets_a_distinct_working_credential(
     .await;
     let app = spawn_app_against(&upstream, |c| {
         c.pool.enabled = true;
-        c.pool.size = 4;
+        c.pool.size = PoolSize::Fixed(4);
     })
     .await;
     let pool = app.state.pool.clone().expect("the pool is on");
@@ -46,4 +47,37 @@ async fn with_the_pool_on_every_caller_still_gets_a_distinct_working_credential(
     }
     let hits = pool.stats().hits.load(std::sync::atomic::Ordering::Relaxed);
     assert!(hits >= 4, "the full pool served callers ({hits} hits)");
+}
+
+#[tokio::test]
+async fn an_automatic_pool_starts_empty_and_serves_callers_once_demand_shows() {
+    let upstream = spawn_mock_upstream(MockOptions {
+        latency: Duration::from_millis(20),
+        ..MockOptions::default()
+    })
+    .await;
+    let app = spawn_app_against(&upstream, |c| {
+        c.pool.enabled = true;
+        c.pool.size = PoolSize::Auto;
+    })
+    .await;
+    let pool = app.state.pool.clone().expect("the pool is on");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(pool.is_empty(), "nothing is minted before anyone asks");
+    let mut tokens = HashSet::new();
+    for _ in 0..40 {
+        let response = app
+            .client
+            .get(app.url(&app.credentials_path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        let token = body["ephemeralToken"].as_str().unwrap().to_owned();
+        assert!(tokens.insert(token), "a credential was handed out twice");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hits = pool.stats().hits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(hits >= 20, "demand filled the pool ({hits} hits of 40)");
 }
