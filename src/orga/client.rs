@@ -233,47 +233,42 @@ impl OrgaClient {
         request: RequestBuilder,
         timeout: Duration,
     ) -> Result<T, OrgaError> {
-        let answer = async {
-            let response = request
-                .timeout(timeout)
-                .send()
-                .await
-                .map_err(|e| transport_failure(call, &e))?;
-            let status = response.status();
-            if !status.is_success() {
-                let error = status_error(call, status, response.headers());
-                return Err(match error {
-                    // FastAPI's 422 names what it refused: read it for the log line.
-                    OrgaError::Rejected { .. } => OrgaError::Rejected {
-                        call,
-                        fields: rejected_fields(
-                            &outbound::read_capped(response, MAX_UPSTREAM_BODY)
-                                .await
-                                .unwrap_or_default(),
-                        ),
-                    },
-                    // Any other body is dropped unread, which closes the connection.
-                    error => error,
-                });
-            }
-            let body = outbound::read_capped(response, MAX_UPSTREAM_BODY)
-                .await
-                .map_err(|e| match e {
-                    ReadError::TooLarge => OrgaError::Malformed {
-                        call,
-                        reason: format!("answer larger than {MAX_UPSTREAM_BODY} bytes"),
-                    },
-                    ReadError::Transport(e) => transport_failure(call, &e),
-                })?;
-            serde_json::from_slice(&body).map_err(|e| OrgaError::Malformed {
-                call,
-                reason: format!("not the documented JSON ({})", json_problem(&e)),
-            })
-        };
-        // reqwest's own timeout covers sending and the head; this one covers the body too.
-        tokio::time::timeout(timeout, answer)
+        // reqwest's per-request timeout runs from connecting to the body's last byte.
+        let response = request
+            .timeout(timeout)
+            .send()
             .await
-            .unwrap_or(Err(OrgaError::Timeout { call }))
+            .map_err(|e| transport_failure(call, &e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let error = status_error(call, status, response.headers());
+            return Err(match error {
+                // FastAPI's 422 names what it refused: read it for the log line.
+                OrgaError::Rejected { .. } => OrgaError::Rejected {
+                    call,
+                    fields: rejected_fields(
+                        &outbound::read_capped(response, MAX_UPSTREAM_BODY)
+                            .await
+                            .unwrap_or_default(),
+                    ),
+                },
+                // Any other body is dropped unread, which closes the connection.
+                error => error,
+            });
+        }
+        let body = outbound::read_capped(response, MAX_UPSTREAM_BODY)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => OrgaError::Malformed {
+                    call,
+                    reason: format!("answer larger than {MAX_UPSTREAM_BODY} bytes"),
+                },
+                ReadError::Transport(e) => transport_failure(call, &e),
+            })?;
+        serde_json::from_slice(&body).map_err(|e| OrgaError::Malformed {
+            call,
+            reason: format!("not the documented JSON ({})", json_problem(&e)),
+        })
     }
 }
 

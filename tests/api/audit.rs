@@ -153,7 +153,7 @@ async fn a_pool_hit_is_recorded_as_one() {
     let app = spawn_app_with(|c| {
         file_sink(&path)(c);
         c.pool.enabled = true;
-        c.pool.size = 1;
+        c.pool.size = orga_proxy::config::PoolSize::Fixed(1);
     })
     .await;
     let pool = app.state.pool.clone().expect("the pool is on");

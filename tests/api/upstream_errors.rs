@@ -272,6 +272,34 @@ async fn an_upstream_hanging_past_the_timeout_is_504_upstream_timeout() {
 }
 
 #[tokio::test]
+async fn an_upstream_that_stalls_mid_body_is_504_upstream_timeout_too() {
+    // The head arrives at once, then the body stops after one byte: the call's timeout
+    // covers the body, not only the head.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{";
+                let _ = stream.write_all(head.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            });
+        }
+    });
+    let app = spawn_app_against(&upstream, |c| c.orga.timeout = Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let (status, code, _) = outcome(&app).await;
+    assert_eq!((status, code.as_str()), (504, "upstream_timeout"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "cut short by orga.timeout"
+    );
+}
+
+#[tokio::test]
 async fn the_whole_request_deadline_is_504_too() {
     let slow = token().set_delay(Duration::from_secs(5));
     let upstream = scripted_upstream(slow, None).await;

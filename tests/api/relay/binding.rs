@@ -115,7 +115,7 @@ async fn without_an_expiry_from_orga_a_binding_lives_relay_token_ttl() {
 async fn a_pooled_credential_is_bound_like_a_minted_one() {
     let relay = relay_app(call_answer(), |c| {
         c.pool.enabled = true;
-        c.pool.size = 2;
+        c.pool.size = orga_proxy::config::PoolSize::Fixed(2);
     })
     .await;
     let pool = relay.app.state.pool.clone().expect("the pool is on");
