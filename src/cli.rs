@@ -177,7 +177,7 @@ fn config_failure(error: &config::ConfigError) -> ExitCode {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ExitCode> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    crate::http::server::listen(addr).map_err(|e| {
         tracing::error!(%addr, error = %e, "cannot listen");
         ExitCode::FAILURE
     })
