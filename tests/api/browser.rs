@@ -130,6 +130,8 @@ fn encode(value: &str) -> String {
 /// What the example page is asked to do.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Example<'a> {
+    /// Where the example page is served (its origin).
+    pub page: &'a str,
     /// The credentials URL.
     pub endpoint: &'a str,
     /// A Bearer token for the proxy.
@@ -142,37 +144,78 @@ pub struct Example<'a> {
     pub base_url: Option<&'a str>,
 }
 
-/// Opens `page_url` with the example's query parameters and waits for its result object.
-pub async fn run_example(browser: &Browser, page_url: &str, example: Example<'_>) -> Value {
-    let mut url = format!("{page_url}/?auto=1&endpoint={}", encode(example.endpoint));
-    if let Some(token) = example.token {
-        url.push_str(&format!("&token={}", encode(token)));
+impl<'a> Example<'a> {
+    /// The page at `page` fetches credentials from `endpoint` and stops after the offer.
+    pub fn new(page: &'a str, endpoint: &'a str) -> Self {
+        Self {
+            page,
+            endpoint,
+            ..Self::default()
+        }
     }
-    if example.cookies {
-        url.push_str("&cookies=1");
+
+    /// Send `token` as the Bearer.
+    pub fn with_token(self, token: &'a str) -> Self {
+        Self {
+            token: Some(token),
+            ..self
+        }
     }
-    url.push_str(&format!(
-        "&baseUrl={}",
-        encode(example.base_url.unwrap_or(""))
-    ));
-    browser.client.goto(&url).await.expect("page loads");
-    wait_for_result(browser).await
+
+    /// Send cookies (`credentials: 'include'`).
+    pub fn with_cookies(self) -> Self {
+        Self {
+            cookies: true,
+            ..self
+        }
+    }
+
+    /// Go on to start the call on `base_url`.
+    pub fn calling(self, base_url: &'a str) -> Self {
+        Self {
+            base_url: Some(base_url),
+            ..self
+        }
+    }
 }
 
-/// Waits for the page's result object.
-pub async fn wait_for_result(browser: &Browser) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let result = browser
-            .client
-            .execute("return window.orgaProxyResult || null", vec![])
-            .await
-            .expect("script runs");
-        if !result.is_null() {
-            return result;
+impl Browser {
+    /// Opens the example page with its query parameters and waits for its result object.
+    pub async fn run(&self, example: Example<'_>) -> Value {
+        let mut url = format!(
+            "{}/?auto=1&endpoint={}",
+            example.page,
+            encode(example.endpoint)
+        );
+        if let Some(token) = example.token {
+            url.push_str(&format!("&token={}", encode(token)));
         }
-        assert!(Instant::now() < deadline, "the page produced no result");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if example.cookies {
+            url.push_str("&cookies=1");
+        }
+        url.push_str(&format!(
+            "&baseUrl={}",
+            encode(example.base_url.unwrap_or(""))
+        ));
+        self.client.goto(&url).await.expect("page loads");
+        self.wait_for_result().await
+    }
+
+    /// Waits for the page's result object.
+    pub async fn wait_for_result(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let result = self
+                .client
+                .execute("return window.orgaProxyResult || null", vec![])
+                .await
+                .expect("script runs");
+            if !result.is_null() {
+                return result;
+            }
+            assert!(Instant::now() < deadline, "the page produced no result");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -184,15 +227,12 @@ async fn an_allowed_origin_gets_credentials_that_rtc_peer_connection_accepts() {
     let page = serve_page(Router::new()).await;
     let app =
         spawn_app_with(|c| c.cors.allowed_origins = origins(&[&format!("http://{page}")])).await;
-    let result = run_example(
-        &browser,
-        &format!("http://{page}"),
-        Example {
-            endpoint: &app.url(&app.credentials_path),
-            ..Example::default()
-        },
-    )
-    .await;
+    let result = browser
+        .run(Example::new(
+            &format!("http://{page}"),
+            &app.url(&app.credentials_path),
+        ))
+        .await;
     assert_eq!(result["ok"], true, "{result}");
     assert_eq!(result["offerType"], "offer", "createOffer works: {result}");
     assert!(
@@ -211,15 +251,12 @@ async fn a_page_on_an_origin_that_is_not_allowed_cannot_read_the_response() {
     let page = serve_page(Router::new()).await;
     let app =
         spawn_app_with(|c| c.cors.allowed_origins = origins(&["https://app.example.com"])).await;
-    let result = run_example(
-        &browser,
-        &format!("http://{page}"),
-        Example {
-            endpoint: &app.url(&app.credentials_path),
-            ..Example::default()
-        },
-    )
-    .await;
+    let result = browser
+        .run(Example::new(
+            &format!("http://{page}"),
+            &app.url(&app.credentials_path),
+        ))
+        .await;
     assert_eq!(result["ok"], false, "{result}");
     let error = result["error"].as_str().unwrap_or_default();
     assert!(
@@ -259,41 +296,19 @@ async fn with_api_key_auth_the_preflighted_authorization_header_is_accepted_and_
     let page = serve_page(Router::new()).await;
     let app = app_requiring(page, "api_key").await;
     let (page_url, endpoint) = (format!("http://{page}"), app.url(&app.credentials_path));
-    let with = run_example(
-        &browser,
-        &page_url,
-        Example {
-            endpoint: &endpoint,
-            token: Some(BROWSER_API_KEY),
-            ..Example::default()
-        },
-    )
-    .await;
+    let with = browser
+        .run(Example::new(&page_url, &endpoint).with_token(BROWSER_API_KEY))
+        .await;
     assert_eq!(with["ok"], true, "{with}");
-    let without = run_example(
-        &browser,
-        &page_url,
-        Example {
-            endpoint: &endpoint,
-            ..Example::default()
-        },
-    )
-    .await;
+    let without = browser.run(Example::new(&page_url, &endpoint)).await;
     assert_eq!(
         without["status"], 401,
         "the 401 is readable cross-origin: {without}"
     );
     assert_eq!(without["code"], "unauthorized", "{without}");
-    let wrong = run_example(
-        &browser,
-        &page_url,
-        Example {
-            endpoint: &endpoint,
-            token: Some("not-the-key"),
-            ..Example::default()
-        },
-    )
-    .await;
+    let wrong = browser
+        .run(Example::new(&page_url, &endpoint).with_token("not-the-key"))
+        .await;
     assert_eq!(wrong["status"], 401, "{wrong}");
 }
 
@@ -309,27 +324,12 @@ async fn with_jwt_auth_the_users_bearer_token_is_accepted_and_its_absence_refuse
         &crate::auth::claims("user-42"),
     );
     let (page_url, endpoint) = (format!("http://{page}"), app.url(&app.credentials_path));
-    let with = run_example(
-        &browser,
-        &page_url,
-        Example {
-            endpoint: &endpoint,
-            token: Some(&token),
-            ..Example::default()
-        },
-    )
-    .await;
+    let with = browser
+        .run(Example::new(&page_url, &endpoint).with_token(&token))
+        .await;
     assert_eq!(with["ok"], true, "{with}");
     assert_eq!(with["offerType"], "offer", "{with}");
-    let without = run_example(
-        &browser,
-        &page_url,
-        Example {
-            endpoint: &endpoint,
-            ..Example::default()
-        },
-    )
-    .await;
+    let without = browser.run(Example::new(&page_url, &endpoint)).await;
     assert_eq!(without["status"], 401, "{without}");
 }
 
@@ -379,26 +379,11 @@ async fn a_same_site_page_with_a_jwt_cookie_succeeds_with_credentials_include() 
         .goto(&format!("{page_origin}/login"))
         .await
         .unwrap();
-    let with = run_example(
-        &browser,
-        &page_origin,
-        Example {
-            endpoint: &endpoint,
-            cookies: true,
-            ..Example::default()
-        },
-    )
-    .await;
+    let with = browser
+        .run(Example::new(&page_origin, &endpoint).with_cookies())
+        .await;
     assert_eq!(with["ok"], true, "the cookie went along: {with}");
-    let without = run_example(
-        &browser,
-        &page_origin,
-        Example {
-            endpoint: &endpoint,
-            ..Example::default()
-        },
-    )
-    .await;
+    let without = browser.run(Example::new(&page_origin, &endpoint)).await;
     assert_eq!(
         without["status"], 401,
         "without credentials: 'include' no cookie is sent: {without}"
@@ -423,16 +408,9 @@ async fn the_example_page_starts_a_call_on_the_fake_and_chromium_accepts_its_ans
     let page = serve_page(Router::new()).await;
     let (app, fake) = app_and_fake(page).await;
     let endpoint = app.url(&app.credentials_path);
-    let result = run_example(
-        &browser,
-        &format!("http://{page}"),
-        Example {
-            endpoint: &endpoint,
-            base_url: Some(&fake),
-            ..Example::default()
-        },
-    )
-    .await;
+    let result = browser
+        .run(Example::new(&format!("http://{page}"), &endpoint).calling(&fake))
+        .await;
     assert_eq!(result["ok"], true, "{result}");
     assert_eq!(
         result["signalingState"], "stable",
@@ -464,16 +442,9 @@ async fn a_call_refused_by_the_fake_is_readable_by_the_page() {
     // Another fake instance has another key: the proxy's tokens are not its own.
     let stranger = spawn_mock_upstream(MockOptions::default()).await;
     let endpoint = app.url(&app.credentials_path);
-    let result = run_example(
-        &browser,
-        &format!("http://{page}"),
-        Example {
-            endpoint: &endpoint,
-            base_url: Some(&stranger),
-            ..Example::default()
-        },
-    )
-    .await;
+    let result = browser
+        .run(Example::new(&format!("http://{page}"), &endpoint).calling(&stranger))
+        .await;
     assert_eq!(result["ok"], false, "{result}");
     assert_eq!(result["stage"], "call", "{result}");
     assert_eq!(
@@ -506,16 +477,12 @@ async fn the_example_page_starts_its_call_through_the_proxys_relay_and_chromium_
     let page = serve_page(Router::new()).await;
     let app = relaying_app(page).await;
     let proxy = format!("http://{}", app.addr);
-    let result = run_example(
-        &browser,
-        &format!("http://{page}"),
-        Example {
-            endpoint: &app.url(&app.credentials_path),
-            base_url: Some(&proxy),
-            ..Example::default()
-        },
-    )
-    .await;
+    let result = browser
+        .run(
+            Example::new(&format!("http://{page}"), &app.url(&app.credentials_path))
+                .calling(&proxy),
+        )
+        .await;
     assert_eq!(result["ok"], true, "{result}");
     assert_eq!(result["signalingState"], "stable", "{result}");
     assert!(
@@ -558,7 +525,7 @@ async fn by_default_the_example_page_starts_the_call_through_the_proxy_it_got_cr
         .click()
         .await
         .expect("it clicks");
-    let result = wait_for_result(&browser).await;
+    let result = browser.wait_for_result().await;
     assert_eq!(result["ok"], true, "{result}");
     assert_eq!(result["signalingState"], "stable", "{result}");
 }
