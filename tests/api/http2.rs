@@ -8,6 +8,7 @@
 
 use crate::gated_upstream::GatedUpstream;
 use crate::helpers::*;
+use orga_proxy::config::Config;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -79,17 +80,13 @@ async fn read_frames(
     let mut frames = Vec::new();
     loop {
         let mut head = [0u8; 9];
-        match tokio::time::timeout_at(deadline, connection.read_exact(&mut head)).await {
-            Err(_) => return (frames, false),
-            Ok(Err(_)) => return (frames, true),
-            Ok(Ok(_)) => {}
+        if let Err(closed) = fill(connection, &mut head, deadline).await {
+            return (frames, closed);
         }
         let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let mut payload = vec![0u8; length];
-        match tokio::time::timeout_at(deadline, connection.read_exact(&mut payload)).await {
-            Err(_) => return (frames, false),
-            Ok(Err(_)) => return (frames, true),
-            Ok(Ok(_)) => {}
+        if let Err(closed) = fill(connection, &mut payload, deadline).await {
+            return (frames, closed);
         }
         let frame = Frame {
             kind: head[3],
@@ -112,6 +109,20 @@ async fn read_frames(
     }
 }
 
+/// Fills `buf` from `connection` before `deadline`; `Err(closed)` when it cannot: the
+/// server closed the connection (`true`) or the deadline passed (`false`).
+async fn fill(
+    connection: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: tokio::time::Instant,
+) -> Result<(), bool> {
+    match tokio::time::timeout_at(deadline, connection.read_exact(buf)).await {
+        Err(_) => Err(false),
+        Ok(Err(_)) => Err(true),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
 /// A setting's value from the server's first SETTINGS frame.
 fn setting(frames: &[Frame], id: u16) -> Option<u32> {
     let settings = frames
@@ -121,6 +132,20 @@ fn setting(frames: &[Frame], id: u16) -> Option<u32> {
         (u16::from_be_bytes([entry[0], entry[1]]) == id)
             .then(|| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]))
     })
+}
+
+/// A TCP connection to `app` that has sent the HTTP/2 preface and its SETTINGS.
+async fn open_connection(app: &TestApp) -> TcpStream {
+    let mut connection = TcpStream::connect(app.addr).await.unwrap();
+    connection.write_all(&open()).await.unwrap();
+    connection
+}
+
+/// h2c on, with a 300 ms `server.header_read_timeout`, which also bounds how long an
+/// HTTP/2 connection may stay idle and how long a ping may go unanswered.
+fn h2c_with_short_timeouts(c: &mut Config) {
+    c.server.http2 = true;
+    c.server.header_read_timeout = Duration::from_millis(300);
 }
 
 fn h2_client() -> reqwest::Client {
@@ -135,8 +160,7 @@ fn h2_client() -> reqwest::Client {
 #[tokio::test]
 async fn by_default_an_http2_preface_gets_no_credentials_and_the_connection_is_closed() {
     let app = spawn_app().await;
-    let mut connection = TcpStream::connect(app.addr).await.unwrap();
-    connection.write_all(&open()).await.unwrap();
+    let mut connection = open_connection(&app).await;
     connection
         .write_all(&get(1, &app.credentials_path))
         .await
@@ -186,13 +210,8 @@ async fn with_server_http2_an_h2c_client_gets_credentials() {
 
 #[tokio::test]
 async fn a_silent_http2_connection_is_closed() {
-    let app = spawn_app_with(|c| {
-        c.server.http2 = true;
-        c.server.header_read_timeout = Duration::from_millis(300);
-    })
-    .await;
-    let mut connection = TcpStream::connect(app.addr).await.unwrap();
-    connection.write_all(&open()).await.unwrap();
+    let app = spawn_app_with(h2c_with_short_timeouts).await;
+    let mut connection = open_connection(&app).await;
     // It sends nothing more and answers nothing, not even pings.
     let (frames, closed) = read_frames(&mut connection, CLOSED_WITHIN, false).await;
     assert!(
@@ -203,13 +222,8 @@ async fn a_silent_http2_connection_is_closed() {
 
 #[tokio::test]
 async fn an_idle_http2_connection_that_answers_pings_is_sent_goaway_and_closed() {
-    let app = spawn_app_with(|c| {
-        c.server.http2 = true;
-        c.server.header_read_timeout = Duration::from_millis(300);
-    })
-    .await;
-    let mut connection = TcpStream::connect(app.addr).await.unwrap();
-    connection.write_all(&open()).await.unwrap();
+    let app = spawn_app_with(h2c_with_short_timeouts).await;
+    let mut connection = open_connection(&app).await;
     connection.write_all(&get(1, "/healthz")).await.unwrap();
     // A live client: it answers every ping, so only the idle timeout can end this.
     let started = Instant::now();
@@ -235,13 +249,8 @@ async fn an_idle_http2_connection_that_answers_pings_is_sent_goaway_and_closed()
 #[tokio::test]
 async fn an_http2_client_that_stops_answering_pings_is_cut_off_mid_request() {
     let upstream = GatedUpstream::start().await;
-    let app = spawn_app_against(&upstream.url, |c| {
-        c.server.http2 = true;
-        c.server.header_read_timeout = Duration::from_millis(300);
-    })
-    .await;
-    let mut connection = TcpStream::connect(app.addr).await.unwrap();
-    connection.write_all(&open()).await.unwrap();
+    let app = spawn_app_against(&upstream.url, h2c_with_short_timeouts).await;
+    let mut connection = open_connection(&app).await;
     connection
         .write_all(&get(1, &app.credentials_path))
         .await
@@ -270,8 +279,7 @@ async fn the_stream_past_the_concurrent_stream_cap_is_refused() {
     const CAP: u32 = 100;
     let upstream = GatedUpstream::start().await;
     let app = spawn_app_against(&upstream.url, |c| c.server.http2 = true).await;
-    let mut connection = TcpStream::connect(app.addr).await.unwrap();
-    connection.write_all(&open()).await.unwrap();
+    let mut connection = open_connection(&app).await;
     // CAP requests held upstream, then one more on the same connection.
     let mut requests = Vec::new();
     for n in 0..=CAP {
