@@ -54,6 +54,28 @@ pub(crate) fn serving_against(upstream: &str) -> Command {
     serve
 }
 
+/// `serve` against `upstream` with the key and email of `helpers::test_config`, on a
+/// free port: a complete configuration, for tests about something else.
+pub(crate) fn serving_test_config_against(upstream: &str) -> Command {
+    let mut serve = command(&["serve"]);
+    serve
+        .env("ORGA_API_KEY", crate::helpers::TEST_API_KEY)
+        .env("ORGA_USER_EMAIL", crate::helpers::TEST_EMAIL)
+        .env("ORGA_BASE_URL", upstream)
+        .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0");
+    serve
+}
+
+/// Starts `command` with no stdin and its stdout and stderr piped to the test.
+pub(crate) fn spawn_piped(command: &mut Command) -> Child {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts")
+}
+
 /// The binary running `serve` (or `dev`), with its stdout and stderr collected.
 pub(crate) struct Proxy {
     child: Child,
@@ -89,12 +111,7 @@ fn listening_field(line: &str, key: &str) -> Option<String> {
 impl Proxy {
     /// Starts `command` and waits until it logs that it listens.
     pub(crate) fn start(command: &mut Command) -> Proxy {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_piped(command);
         let output = Arc::new(Mutex::new(String::new()));
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,

@@ -2,12 +2,13 @@
 //! that must not start), `check-config`, `healthcheck`, secrets absent from the logs at
 //! trace level, and text logs without colour codes in a pipe.
 
-pub(crate) use crate::binary::{Proxy, command, run, serving_against};
+pub(crate) use crate::binary::{
+    Proxy, command, run, serving_against, serving_test_config_against, spawn_piped,
+};
 use crate::helpers::*;
 use orga_proxy::orga::mock::MockOptions;
 use orga_proxy::secret::Secret;
 use std::ffi::OsStr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -285,14 +286,8 @@ fn uuid_like() -> String {
 #[tokio::test]
 async fn text_logs_carry_no_colour_codes_when_stdout_is_not_a_terminal() {
     let upstream = spawn_mock_upstream(MockOptions::default()).await;
-    let mut proxy = Proxy::start(
-        command(&["serve"])
-            .env("ORGA_API_KEY", TEST_API_KEY)
-            .env("ORGA_USER_EMAIL", TEST_EMAIL)
-            .env("ORGA_BASE_URL", &upstream)
-            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0")
-            .env("ORGA_PROXY_LOG__FORMAT", "text"),
-    );
+    let mut proxy =
+        Proxy::start(serving_test_config_against(&upstream).env("ORGA_PROXY_LOG__FORMAT", "text"));
     let url = format!("http://{}/healthz", proxy.addr);
     assert_eq!(client().get(url).send().await.unwrap().status(), 200);
     let logs = proxy.wait_for_log("request finished", 1);
@@ -316,12 +311,7 @@ fn refuses_to_start(variables: &[(&str, &OsStr)]) -> (Option<i32>, String) {
     for (name, value) in variables {
         command.env(name, value);
     }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&mut command);
     let deadline = Instant::now() + Duration::from_secs(10);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {

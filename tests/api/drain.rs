@@ -3,15 +3,13 @@
 //! returns by `server.shutdown_timeout` even when a client hangs. Also the real binary
 //! on SIGTERM.
 
-use crate::binary::{Proxy, command};
+use crate::binary::{Proxy, serving_test_config_against};
 use crate::gated_upstream::{GatedUpstream, hold_a_request};
 use crate::helpers::*;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -126,12 +124,8 @@ async fn in_flight_requests_finish_while_new_connections_are_refused() {
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["ephemeralToken"], "ek_gated");
-    let handle = &mut app.handle;
-    tokio::time::timeout(HANG_GUARD, handle)
-        .await
-        .expect("the server stops once drained")
-        .unwrap()
-        .unwrap();
+    app.stops_within(HANG_GUARD, "the server stops once drained")
+        .await;
 }
 
 #[tokio::test]
@@ -144,12 +138,8 @@ async fn a_request_slower_than_the_drain_deadline_does_not_keep_the_server_alive
     let in_flight = hold_a_request(&app, &upstream).await;
 
     app.begin_shutdown();
-    let handle = &mut app.handle;
-    tokio::time::timeout(HANG_GUARD, handle)
-        .await
-        .expect("the drain deadline ends the server")
-        .unwrap()
-        .unwrap();
+    app.stops_within(HANG_GUARD, "the drain deadline ends the server")
+        .await;
     let outcome = tokio::time::timeout(HANG_GUARD, in_flight)
         .await
         .expect("the unfinished request is ended, not left hanging")
@@ -188,13 +178,9 @@ async fn a_client_that_sent_half_a_request_does_not_keep_the_server_alive() {
     );
 
     app.begin_shutdown();
-    let handle = &mut app.handle;
     // Well under the 120 s header timeout: the 200 ms drain deadline did it.
-    tokio::time::timeout(HANG_GUARD, handle)
-        .await
-        .expect("the drain deadline ends the server")
-        .unwrap()
-        .unwrap();
+    app.stops_within(HANG_GUARD, "the drain deadline ends the server")
+        .await;
     drop(stalled);
 }
 
@@ -203,59 +189,23 @@ async fn a_client_that_sent_half_a_request_does_not_keep_the_server_alive() {
 #[tokio::test]
 async fn the_binary_drains_and_exits_0_on_sigterm() {
     let upstream = GatedUpstream::start().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orga-proxy"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("ORGA_API_KEY", TEST_API_KEY)
-        .env("ORGA_USER_EMAIL", TEST_EMAIL)
-        .env("ORGA_BASE_URL", &upstream.url)
-        .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0")
-        .env("ORGA_PROXY_SERVER__METRICS_LISTEN", "127.0.0.1:0")
-        .env("ORGA_PROXY_SERVER__SHUTDOWN_TIMEOUT", "30s")
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let logs = Arc::new(Mutex::new(String::new()));
-    let stdout = child.stdout.take().unwrap();
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
-    let started = Instant::now();
-    let addr: SocketAddr = loop {
-        let text = logs.lock().unwrap().clone();
-        if let Some(line) = text.lines().find(|l| l.contains("orga-proxy listening")) {
-            let json: serde_json::Value = serde_json::from_str(line).unwrap();
-            break json["listen"].as_str().unwrap().parse().unwrap();
-        }
-        if started.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            panic!("the proxy did not start:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut proxy = Proxy::start(
+        serving_test_config_against(&upstream.url)
+            .env("ORGA_PROXY_SERVER__SHUTDOWN_TIMEOUT", "30s"),
+    );
+    let addr: SocketAddr = proxy.addr.parse().unwrap();
 
     let client = client();
     let url = format!("http://{addr}/api/orga/credentials");
     let in_flight = tokio::spawn(async move { client.get(url).send().await });
     upstream.arrived().await;
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(kill.success());
+    proxy.signal("TERM");
     assert!(
         connections_refused(addr).await,
         "the listener closes on SIGTERM"
     );
-    assert!(child.try_wait().unwrap().is_none(), "still draining");
+    assert!(proxy.is_running(), "still draining");
 
     upstream.release(1);
     let response = in_flight
@@ -264,19 +214,11 @@ async fn the_binary_drains_and_exits_0_on_sigterm() {
         .expect("the in-flight request is answered");
     assert_eq!(response.status(), 200);
 
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            panic!("the proxy did not exit after draining");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0), "{}", logs.lock().unwrap());
-    assert!(logs.lock().unwrap().contains("draining"));
+    let (status, logs) = tokio::task::spawn_blocking(move || proxy.wait())
+        .await
+        .unwrap();
+    assert_eq!(status, Some(0), "{logs}");
+    assert!(logs.contains("draining"), "{logs}");
 }
 
 /// A client that opens a new connection for every request, as a load balancer's
@@ -331,12 +273,8 @@ async fn during_the_shutdown_delay_readiness_is_503_and_new_connections_are_stil
         "then the listener closes"
     );
     assert!(started.elapsed() >= DELAY, "not before the delay");
-    let handle = &mut app.handle;
-    tokio::time::timeout(HANG_GUARD, handle)
-        .await
-        .expect("the server stops once drained")
-        .unwrap()
-        .unwrap();
+    app.stops_within(HANG_GUARD, "the server stops once drained")
+        .await;
 }
 
 /// The binary: after SIGTERM, a load balancer's probe sees `/readyz` 503 on a new
@@ -345,12 +283,7 @@ async fn during_the_shutdown_delay_readiness_is_503_and_new_connections_are_stil
 async fn the_binary_answers_readyz_503_during_the_shutdown_delay_after_sigterm() {
     let upstream = spawn_mock_upstream(Default::default()).await;
     let mut proxy = Proxy::start(
-        command(&["serve"])
-            .env("ORGA_API_KEY", TEST_API_KEY)
-            .env("ORGA_USER_EMAIL", TEST_EMAIL)
-            .env("ORGA_BASE_URL", &upstream)
-            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0")
-            .env("ORGA_PROXY_SERVER__SHUTDOWN_DELAY", "3s"),
+        serving_test_config_against(&upstream).env("ORGA_PROXY_SERVER__SHUTDOWN_DELAY", "3s"),
     );
     let client = fresh_connections();
     let base = format!("http://{}", proxy.addr);

@@ -51,6 +51,17 @@ impl TestApp {
             let _ = tx.send(());
         }
     }
+
+    /// Waits up to `within` for the server to return (after [`Self::begin_shutdown`])
+    /// and asserts it returned cleanly; `why` is what should have ended it, the panic
+    /// message if it is still running.
+    pub async fn stops_within(&mut self, within: Duration, why: &str) {
+        tokio::time::timeout(within, &mut self.handle)
+            .await
+            .expect(why)
+            .expect("the server task ran to its end")
+            .expect("the server returned no error");
+    }
 }
 
 impl Drop for TestApp {

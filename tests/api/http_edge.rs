@@ -1,7 +1,7 @@
 //! The rest of the HTTP edge: probes, JSON 404/405, preflights, request ids, request
 //! limits (target, head, `Host`), and what the parser refuses before a request exists.
 
-use crate::binary::{Proxy, command};
+use crate::binary::{Proxy, serving_test_config_against};
 use crate::helpers::*;
 use serde_json::Value;
 use std::time::Duration;
@@ -58,11 +58,8 @@ async fn on_shutdown_in_flight_requests_finish_and_run_returns() {
         200,
         "the in-flight request finished"
     );
-    tokio::time::timeout(Duration::from_secs(10), &mut app.handle)
-        .await
-        .expect("run returns after the drain")
-        .unwrap()
-        .unwrap();
+    app.stops_within(Duration::from_secs(10), "run returns after the drain")
+        .await;
 }
 
 #[tokio::test]
@@ -325,13 +322,7 @@ async fn a_request_the_parser_refuses_gets_its_bare_400() {
 #[tokio::test]
 async fn a_long_unknown_path_is_not_logged_whole() {
     let upstream = spawn_mock_upstream(Default::default()).await;
-    let mut proxy = Proxy::start(
-        command(&["serve"])
-            .env("ORGA_API_KEY", TEST_API_KEY)
-            .env("ORGA_USER_EMAIL", TEST_EMAIL)
-            .env("ORGA_BASE_URL", &upstream)
-            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0"),
-    );
+    let mut proxy = Proxy::start(&mut serving_test_config_against(&upstream));
     let path = format!("/{}", "x".repeat(60 * 1024));
     let response = client()
         .get(format!("http://{}{path}", proxy.addr))

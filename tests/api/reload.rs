@@ -3,7 +3,7 @@
 //! SIGUSR1 is ignored; SIGQUIT drains like SIGTERM. In process: what `AppState::reload`
 //! changes (API keys, origins, rate-limit numbers).
 
-use crate::binary::{Proxy, command};
+use crate::binary::{Proxy, command, serving_test_config_against};
 use crate::gated_upstream::GatedUpstream;
 use crate::helpers::*;
 use orga_proxy::config::RateLimitConfig;
@@ -127,11 +127,7 @@ async fn an_invalid_configuration_on_sighup_is_refused_and_the_running_one_kept(
     let file = scratch().join("orga-proxy.toml");
     std::fs::write(&file, config_file(&format!("{OLD:?}"), "15s")).unwrap();
     let mut proxy = Proxy::start(
-        command(&["serve", "--config", file.to_str().unwrap()])
-            .env("ORGA_API_KEY", TEST_API_KEY)
-            .env("ORGA_USER_EMAIL", TEST_EMAIL)
-            .env("ORGA_BASE_URL", &upstream)
-            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0"),
+        serving_test_config_against(&upstream).args(["--config", file.to_str().unwrap()]),
     );
     assert!(allows(&proxy, OLD).await);
 
@@ -172,11 +168,7 @@ async fn an_invalid_configuration_on_sighup_is_refused_and_the_running_one_kept(
 async fn sigusr1_is_ignored_and_sigquit_drains_like_sigterm() {
     let upstream = GatedUpstream::start().await;
     let mut proxy = Proxy::start(
-        command(&["serve"])
-            .env("ORGA_API_KEY", TEST_API_KEY)
-            .env("ORGA_USER_EMAIL", TEST_EMAIL)
-            .env("ORGA_BASE_URL", &upstream.url)
-            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0")
+        serving_test_config_against(&upstream.url)
             .env("ORGA_PROXY_SERVER__SHUTDOWN_TIMEOUT", "30s"),
     );
     proxy.signal("USR1");

@@ -66,8 +66,6 @@ async fn a_drain_finishes_the_request_in_flight_then_returns() {
     upstream.release(1);
     let response = in_flight.await.unwrap().expect("the request is answered");
     assert_eq!(response.status(), 200);
-    let served = tokio::time::timeout(Duration::from_secs(5), &mut app.handle)
-        .await
-        .expect("the server returns once drained");
-    served.unwrap().unwrap();
+    app.stops_within(Duration::from_secs(5), "the server returns once drained")
+        .await;
 }
