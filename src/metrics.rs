@@ -119,107 +119,121 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-fn describe() {
-    describe_counter!(
+/// Every counter and what `/metrics` says it counts (its HELP line).
+const COUNTERS: &[(&str, &str)] = &[
+    (
         HTTP_REQUESTS,
-        "Requests answered, by route template, method and status."
-    );
+        "Requests answered, by route template, method and status.",
+    ),
+    (
+        REQUESTS_SHED,
+        "Requests refused with 503 because server.concurrency_limit was reached.",
+    ),
+    (RATE_LIMITED, "Requests answered 429 (rate limited)."),
+    (
+        RATELIMIT_EVICTIONS,
+        "Clients forgotten early, closest to a full budget first, to make room in a full in-memory rate-limit table (rate_limit.max_tracked_clients).",
+    ),
+    (
+        AUTH_FAILURES,
+        "Requests answered 401 (missing or invalid caller credentials).",
+    ),
+    (CREDENTIALS_ISSUED, "Session credentials handed out."),
+    (
+        UPSTREAM_ERRORS,
+        "Failed Orga Cloud attempts, by call and error kind.",
+    ),
+    (UPSTREAM_RETRIES, "Orga Cloud attempts that were retries."),
+    (CIRCUIT_OPENED, "Times the upstream circuit breaker opened."),
+    (
+        CIRCUIT_REJECTED,
+        "Credentials requests refused by the open circuit without calling Orga.",
+    ),
+    (POOL_HITS, "Credentials served from the prefetch pool."),
+    (
+        POOL_MISSES,
+        "Requests that found the prefetch pool empty and minted live.",
+    ),
+    (
+        POOL_DISCARDS,
+        "Prefetched credentials discarded unused at pool.max_age.",
+    ),
+    (
+        RELAY_CALLS,
+        "Relayed call starts answered, by outcome (ok or the error code).",
+    ),
+    (
+        RELAY_POLICY_VIOLATIONS,
+        "Call-start parameters outside the session policy, by parameter and action.",
+    ),
+    (
+        RELAY_TOKEN_REFUSALS,
+        "Call starts refused for their token's binding, by reason.",
+    ),
+    (
+        RELAY_BINDING_FULL,
+        "Credentials refused because the token binding table was full.",
+    ),
+    (
+        QUOTA_EXCEEDED,
+        "Credentials requests refused because a daily quota was used up, by quota.",
+    ),
+    (
+        QUOTA_TABLE_FULL,
+        "Callers forgotten to make room in a full in-memory quota table, by quota.",
+    ),
+    (AUDIT_RECORDS, "Audit records written to the sink."),
+    (
+        AUDIT_WRITE_FAILURES,
+        "Failed writes to the audit sink; the credentials waiting on them were refused.",
+    ),
+    (
+        CONFIG_RELOADS,
+        "Configuration reloads on SIGHUP, by outcome: ok (applied) or invalid (refused, the running configuration kept).",
+    ),
+];
+
+/// Every gauge and what `/metrics` says it measures.
+const GAUGES: &[(&str, &str)] = &[
+    (HTTP_IN_FLIGHT, "Requests being handled right now."),
+    (
+        CIRCUIT_STATE,
+        "Upstream circuit breaker: 0 closed, 1 half-open, 2 open.",
+    ),
+    (
+        RELAY_BOUND_TOKENS,
+        "Issued tokens bound in this process's memory, awaiting their call or expiry.",
+    ),
+    (
+        QUOTA_GLOBAL_USED,
+        "Credentials counted against quota.global_per_day today.",
+    ),
+    (AUDIT_QUEUE_DEPTH, "Audit records waiting for the writer."),
+    (
+        POOL_TARGET,
+        "Credentials the prefetch pool aims to hold, ready or being minted.",
+    ),
+    (POOL_READY, "Prefetched credentials ready right now."),
+    (BUILD_INFO, "Always 1; the version is a label."),
+];
+
+fn describe() {
     describe_histogram!(
         HTTP_DURATION,
         Unit::Seconds,
         "Time to answer a request, by route template and method."
     );
-    describe_gauge!(HTTP_IN_FLIGHT, "Requests being handled right now.");
-    describe_counter!(
-        REQUESTS_SHED,
-        "Requests refused with 503 because server.concurrency_limit was reached."
-    );
-    describe_counter!(RATE_LIMITED, "Requests answered 429 (rate limited).");
-    describe_counter!(
-        RATELIMIT_EVICTIONS,
-        "Clients forgotten early, closest to a full budget first, to make room in a full in-memory rate-limit table (rate_limit.max_tracked_clients)."
-    );
-    describe_counter!(
-        AUTH_FAILURES,
-        "Requests answered 401 (missing or invalid caller credentials)."
-    );
-    describe_counter!(CREDENTIALS_ISSUED, "Session credentials handed out.");
     describe_histogram!(
         UPSTREAM_DURATION,
         Unit::Seconds,
         "Time of each Orga Cloud attempt, by call and outcome."
     );
-    describe_counter!(
-        UPSTREAM_ERRORS,
-        "Failed Orga Cloud attempts, by call and error kind."
-    );
-    describe_counter!(UPSTREAM_RETRIES, "Orga Cloud attempts that were retries.");
-    describe_gauge!(
-        CIRCUIT_STATE,
-        "Upstream circuit breaker: 0 closed, 1 half-open, 2 open."
-    );
-    describe_counter!(CIRCUIT_OPENED, "Times the upstream circuit breaker opened.");
-    describe_counter!(
-        CIRCUIT_REJECTED,
-        "Credentials requests refused by the open circuit without calling Orga."
-    );
-    describe_counter!(POOL_HITS, "Credentials served from the prefetch pool.");
-    describe_counter!(
-        POOL_MISSES,
-        "Requests that found the prefetch pool empty and minted live."
-    );
-    describe_counter!(
-        POOL_DISCARDS,
-        "Prefetched credentials discarded unused at pool.max_age."
-    );
-    describe_counter!(
-        RELAY_CALLS,
-        "Relayed call starts answered, by outcome (ok or the error code)."
-    );
-    describe_counter!(
-        RELAY_POLICY_VIOLATIONS,
-        "Call-start parameters outside the session policy, by parameter and action."
-    );
-    describe_counter!(
-        RELAY_TOKEN_REFUSALS,
-        "Call starts refused for their token's binding, by reason."
-    );
-    describe_gauge!(
-        RELAY_BOUND_TOKENS,
-        "Issued tokens bound in this process's memory, awaiting their call or expiry."
-    );
-    describe_counter!(
-        RELAY_BINDING_FULL,
-        "Credentials refused because the token binding table was full."
-    );
-    describe_counter!(
-        QUOTA_EXCEEDED,
-        "Credentials requests refused because a daily quota was used up, by quota."
-    );
-    describe_gauge!(
-        QUOTA_GLOBAL_USED,
-        "Credentials counted against quota.global_per_day today."
-    );
-    describe_counter!(
-        QUOTA_TABLE_FULL,
-        "Callers forgotten to make room in a full in-memory quota table, by quota."
-    );
-    describe_counter!(AUDIT_RECORDS, "Audit records written to the sink.");
-    describe_counter!(
-        AUDIT_WRITE_FAILURES,
-        "Failed writes to the audit sink; the credentials waiting on them were refused."
-    );
-    describe_gauge!(AUDIT_QUEUE_DEPTH, "Audit records waiting for the writer.");
-    describe_counter!(
-        CONFIG_RELOADS,
-        "Configuration reloads on SIGHUP, by outcome: ok (applied) or invalid (refused, the running configuration kept)."
-    );
-    describe_gauge!(
-        POOL_TARGET,
-        "Credentials the prefetch pool aims to hold, ready or being minted."
-    );
-    describe_gauge!(POOL_READY, "Prefetched credentials ready right now.");
-    describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
+    for (name, help) in COUNTERS {
+        describe_counter!(*name, *help);
+    }
+    for (name, help) in GAUGES {
+        describe_gauge!(*name, *help);
+    }
 
     // Series without labels exist from the start, so alerts and rate() see a 0
     // rather than nothing before the first event.
