@@ -408,11 +408,7 @@ async fn tokens_from(proxy: &Proxy, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_requests_in_flight_leaves_every_issued_credential_on_disk() {
-    let upstream = spawn_mock_upstream(MockOptions {
-        latency: Duration::from_millis(50),
-        ..MockOptions::default()
-    })
-    .await;
+    let upstream = slow_mock_upstream(Duration::from_millis(50)).await;
     let path = audit_path();
     let proxy = proxy(&upstream, path.to_str().unwrap());
     let url = format!("http://{}/api/orga/credentials", proxy.addr);

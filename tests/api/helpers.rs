@@ -103,6 +103,15 @@ pub async fn spawn_mock_upstream(options: MockOptions) -> String {
     format!("http://{addr}")
 }
 
+/// The fake Orga Cloud answering every call `latency` late; returns its base URL.
+pub async fn slow_mock_upstream(latency: Duration) -> String {
+    spawn_mock_upstream(MockOptions {
+        latency,
+        ..MockOptions::default()
+    })
+    .await
+}
+
 /// `cors.allowed_origins` as a test writes it.
 pub fn origins(entries: &[&str]) -> AllowedOrigins {
     AllowedOrigins::try_from(entries.iter().map(|e| e.to_string()).collect::<Vec<_>>())

@@ -2,23 +2,26 @@
 
 use crate::helpers::*;
 use orga_proxy::config::PoolSize;
-use orga_proxy::orga::mock::MockOptions;
+use orga_proxy::pool::CredentialPool;
 use std::collections::HashSet;
 use std::time::Duration;
 
-#[tokio::test]
-async fn with_the_pool_on_every_caller_still_gets_a_distinct_working_credential() {
-    let upstream = spawn_mock_upstream(MockOptions {
-        latency: Duration::from_millis(20),
-        ..MockOptions::default()
-    })
-    .await;
+/// The proxy with a pool of `size`, against a fake that takes 20 ms a call (so the pool
+/// has something to save); the proxy, the fake's URL and the pool.
+async fn pooled(size: PoolSize) -> (TestApp, String, CredentialPool) {
+    let upstream = slow_mock_upstream(Duration::from_millis(20)).await;
     let app = spawn_app_against(&upstream, |c| {
         c.pool.enabled = true;
-        c.pool.size = PoolSize::Fixed(4);
+        c.pool.size = size;
     })
     .await;
     let pool = app.state.pool.clone().expect("the pool is on");
+    (app, upstream, pool)
+}
+
+#[tokio::test]
+async fn with_the_pool_on_every_caller_still_gets_a_distinct_working_credential() {
+    let (app, upstream, pool) = pooled(PoolSize::Fixed(4)).await;
     while pool.len() < 4 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -51,17 +54,7 @@ async fn with_the_pool_on_every_caller_still_gets_a_distinct_working_credential(
 
 #[tokio::test]
 async fn an_automatic_pool_starts_empty_and_serves_callers_once_demand_shows() {
-    let upstream = spawn_mock_upstream(MockOptions {
-        latency: Duration::from_millis(20),
-        ..MockOptions::default()
-    })
-    .await;
-    let app = spawn_app_against(&upstream, |c| {
-        c.pool.enabled = true;
-        c.pool.size = PoolSize::Auto;
-    })
-    .await;
-    let pool = app.state.pool.clone().expect("the pool is on");
+    let (app, _, pool) = pooled(PoolSize::Auto).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(pool.is_empty(), "nothing is minted before anyone asks");
     let mut tokens = HashSet::new();

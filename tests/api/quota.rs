@@ -123,11 +123,7 @@ async fn the_global_quota_caps_all_clients_together() {
 #[tokio::test]
 async fn concurrent_requests_at_the_boundary_never_overshoot() {
     // Every call waits on the upstream, so all of them are in flight at once.
-    let upstream = spawn_mock_upstream(MockOptions {
-        latency: Duration::from_millis(300),
-        ..MockOptions::default()
-    })
-    .await;
+    let upstream = slow_mock_upstream(Duration::from_millis(300)).await;
     let app = spawn_app_against(&upstream, |c| c.quota.global_per_day = 5).await;
     let statuses = concurrently(&app, 25).await;
     assert_eq!(
