@@ -172,6 +172,12 @@ async fn spawn(base_url: &str, clock: Clock, customize: impl FnOnce(&mut Config)
     }
 }
 
+/// Sends `request` and reads the answer's body as JSON, whatever its status.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    let response = request.send().await.expect("it answers");
+    response.json().await.expect("a JSON body")
+}
+
 /// The `error.code` of a JSON error response, asserting the body has the contract's shape.
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("error body is JSON");

@@ -147,15 +147,7 @@ async fn many_429s_never_open_the_circuit_breaker() {
     for _ in 0..10 {
         assert_eq!(limited(&app).await.1, "upstream_rate_limited");
     }
-    let ready: serde_json::Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = json_of(app.client.get(app.url("/readyz"))).await;
     assert_eq!(ready["upstream_circuit"], "closed");
     assert_eq!(app.get_credentials().await.status(), 200);
     assert_eq!(calls_to(&upstream, SECRET_PATH).await, 11);

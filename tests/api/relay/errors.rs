@@ -150,16 +150,7 @@ async fn failed_call_starts_never_open_the_circuit_for_the_credentials_route() {
         let failed = relay.start(&token, &sdk_body(OFFER_SDP)).await;
         assert_eq!(failed.status(), 502);
     }
-    let ready: Value = relay
-        .app
-        .client
-        .get(relay.app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = json_of(relay.app.client.get(relay.app.url("/readyz"))).await;
     assert_eq!(ready["upstream_circuit"], "closed");
     assert_eq!(relay.app.get_credentials().await.status(), 200);
 }

@@ -23,34 +23,26 @@ async fn dev_mode_relays_the_call_start_and_logs_its_facts_but_never_its_secrets
     );
     let client = client();
     let base = format!("http://{}", proxy.addr);
-    let credentials: Value = client
-        .post(format!("{base}/api/orga/credentials"))
-        .bearer_auth(WEB_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let credentials = json_of(
+        client
+            .post(format!("{base}/api/orga/credentials"))
+            .bearer_auth(WEB_KEY),
+    )
+    .await;
     let token = credentials["ephemeralToken"].as_str().unwrap().to_owned();
-    let call = client
-        .post(format!("{base}{CALLS}"))
-        .bearer_auth(&token)
-        .json(&sdk_body(CHROMIUM_OFFER))
-        .send()
-        .await
-        .unwrap();
+    let start_call = || {
+        client
+            .post(format!("{base}{CALLS}"))
+            .bearer_auth(&token)
+            .json(&sdk_body(CHROMIUM_OFFER))
+            .send()
+    };
+    let call = start_call().await.unwrap();
     assert_eq!(call.status(), 200, "dev mode relays to its fake");
     let answer: Value = call.json().await.unwrap();
     let conversation = answer["conversation_id"].as_str().unwrap().to_owned();
     let answer_sdp = answer["answer"]["sdp"].as_str().unwrap().to_owned();
-    let replay = client
-        .post(format!("{base}{CALLS}"))
-        .bearer_auth(&token)
-        .json(&sdk_body(CHROMIUM_OFFER))
-        .send()
-        .await
-        .unwrap();
+    let replay = start_call().await.unwrap();
     assert_eq!(replay.status(), 401);
 
     let (status, logs) = proxy.stop();
