@@ -189,29 +189,63 @@ async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
         Ok(signals) => signals,
         Err(code) => return code,
     };
-    let (listener, metrics) = match bind_both(&config).await {
-        Ok(both) => both,
+    let started = match Started::bind(config).await {
+        Ok(started) => started,
         Err(code) => return code,
     };
-    let config = Arc::new(config);
-    let (router, state) = match crate::app(config.clone()) {
-        Ok(app) => app,
-        Err(error) => {
-            tracing::error!(%error, "cannot start");
-            return ExitCode::FAILURE;
-        }
-    };
+    let config = started.config.clone();
     tracing::info!(
-        listen = %local_addr(&listener),
-        metrics_listen = %metrics.as_ref().map_or_else(|| "off".into(), local_addr),
+        listen = %local_addr(&started.listener),
+        metrics_listen = %started.metrics.as_ref().map_or_else(|| "off".into(), local_addr),
         credentials_path = %config.server.credentials_path,
         orga_base_url = %config.orga.base_url,
         version = env!("CARGO_PKG_VERSION"),
         "orga-proxy listening"
     );
     let reloader = Reloader::new(path, Mode::Serve, config, Box::new(|_| {}));
-    let stop = signals.until_stop(reloading(reloader, state.clone()));
-    finish(crate::serve_with_metrics(router, state, listener, metrics, stop).await)
+    started.serve(signals, reloader).await
+}
+
+/// What `serve` and `dev` have once they may announce themselves: the listeners bound
+/// and the app built, nothing served yet.
+struct Started {
+    /// The configuration the app was built from.
+    config: Arc<Config>,
+    /// The public listener.
+    listener: TcpListener,
+    /// The metrics listener, unless `server.metrics_listen` is `""`.
+    metrics: Option<TcpListener>,
+    /// The router that will serve the public listener.
+    router: axum::Router,
+    /// The app's state, shared by the router and the reloader.
+    state: crate::state::AppState,
+}
+
+impl Started {
+    /// Binds both listeners and builds the app for `config`; a failure is logged.
+    async fn bind(config: Config) -> Result<Self, ExitCode> {
+        let (listener, metrics) = bind_both(&config).await?;
+        let config = Arc::new(config);
+        let (router, state) = crate::app(config.clone()).map_err(|error| {
+            tracing::error!(%error, "cannot start");
+            ExitCode::FAILURE
+        })?;
+        Ok(Self {
+            config,
+            listener,
+            metrics,
+            router,
+            state,
+        })
+    }
+
+    /// Serves until a stop signal, then drains; each SIGHUP meanwhile goes to `reloader`.
+    async fn serve(self, signals: Signals, reloader: Reloader) -> ExitCode {
+        let stop = signals.until_stop(reloading(reloader, self.state.clone()));
+        let served =
+            crate::serve_with_metrics(self.router, self.state, self.listener, self.metrics, stop);
+        finish(served.await)
+    }
 }
 
 /// What SIGHUP does: reopen the audit file (logrotate's `postrotate`; whatever the
@@ -264,28 +298,20 @@ async fn dev(mut config: Config, path: Option<PathBuf>) -> ExitCode {
     };
     let prepare: Prepare = Box::new(move |config| dev_overrides(config, &base_url));
     prepare(&mut config);
-    let (listener, metrics) = match bind_both(&config).await {
-        Ok(both) => both,
+    let started = match Started::bind(config).await {
+        Ok(started) => started,
         Err(code) => return code,
     };
-    let config = Arc::new(config);
-    let (router, state) = match crate::app(config.clone()) {
-        Ok(app) => app,
-        Err(error) => {
-            tracing::error!(%error, "cannot start");
-            return ExitCode::FAILURE;
-        }
-    };
+    let config = started.config.clone();
     let banner = "DEV MODE: credentials come from an embedded FAKE Orga Cloud and will not open real calls; never expose this";
-    let addr = local_addr(&listener);
+    let addr = local_addr(&started.listener);
     tracing::warn!(listen = %addr, credentials_path = %config.server.credentials_path, "{banner}");
     eprintln!(
         "\n  *** {banner} ***\n  credentials: http://{addr}{}\n  call start (the SDK's baseUrl): http://{addr}\n",
         config.server.credentials_path
     );
     let reloader = Reloader::new(path, Mode::Dev, config, prepare);
-    let stop = signals.until_stop(reloading(reloader, state.clone()));
-    finish(crate::serve_with_metrics(router, state, listener, metrics, stop).await)
+    started.serve(signals, reloader).await
 }
 
 /// What `dev` changes in a loaded configuration, at start and on every reload: the
