@@ -1,5 +1,6 @@
 //! Time, as every component reads it: one [`Clock`] for the rate limiters, the circuit
-//! breaker, JWT expiry and the JWKS cache, the quotas' UTC day and the prefetch pool.
+//! breaker, JWT expiry and the JWKS cache, the quotas' UTC day, the prefetch pool and
+//! the fake Orga Cloud's token expiry.
 //!
 //! Production reads the system clocks. Tests either hold a [`Clock::manual`] and
 //! advance it, or run on Tokio's paused clock: the monotonic reading is Tokio's

@@ -2,11 +2,10 @@
 //! shapes, for the whole call start: client-secrets, ice-config and calls.
 
 use crate::helpers::*;
+use orga_proxy::clock::Clock;
 use orga_proxy::orga::mock::{self, MockOptions};
 use orga_proxy::secret::Secret;
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 async fn mint(base: &str, key: &str, email: Option<&str>) -> reqwest::Response {
@@ -159,21 +158,16 @@ async fn minted_token(base: &str) -> String {
     answer["ephemeral_token"].as_str().unwrap().to_owned()
 }
 
-/// The fake on a clock the test moves; returns its base URL and the clock's offset.
-async fn spawn_mock_upstream_on_a_manual_clock() -> (String, Arc<AtomicU64>) {
-    let offset = Arc::new(AtomicU64::new(0));
-    let start = SystemTime::now();
-    let wall: mock::WallClock = {
-        let offset = offset.clone();
-        Arc::new(move || start + Duration::from_secs(offset.load(Ordering::Relaxed)))
-    };
+/// The fake on a clock the test moves; returns its base URL and the clock.
+async fn spawn_mock_upstream_on_a_manual_clock() -> (String, Clock) {
+    let clock = Clock::manual(SystemTime::now());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = mock::router_with_clock(MockOptions::default(), wall);
+    let app = mock::router_with_clock(MockOptions::default(), clock.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    (format!("http://{addr}"), offset)
+    (format!("http://{addr}"), clock)
 }
 
 #[tokio::test]
@@ -236,11 +230,11 @@ async fn a_call_with_a_token_the_fake_did_not_mint_is_401_with_orgas_body() {
 
 #[tokio::test]
 async fn a_call_with_an_expired_token_is_401() {
-    let (base, offset) = spawn_mock_upstream_on_a_manual_clock().await;
+    let (base, clock) = spawn_mock_upstream_on_a_manual_clock().await;
     let token = minted_token(&base).await;
     let body = sdk_body().to_string();
     assert_eq!(start_call(&base, &token, &body).await.status(), 200);
-    offset.store(600, Ordering::Relaxed);
+    clock.advance(Duration::from_secs(600));
     assert_eq!(start_call(&base, &token, &body).await.status(), 401);
 }
 

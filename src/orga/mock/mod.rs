@@ -10,6 +10,7 @@ mod body;
 mod calls;
 pub mod sdp;
 
+use crate::clock::Clock;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +20,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// How long a minted token stays valid.
 const TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -35,30 +36,28 @@ pub struct MockOptions {
     pub latency: Duration,
 }
 
-/// The wall clock the fake dates and checks token expiry by; tests pass one they can
-/// move forward instead of waiting out a token's life.
-pub type WallClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
-
 struct MockState {
     options: MockOptions,
     /// Keys the token tag; random per process so tokens cannot be forged or replayed
     /// across restarts.
     tag_key: RandomState,
-    /// "Now", for minting and verifying tokens.
-    wall: WallClock,
+    /// "Now" (its wall reading), for minting and verifying tokens; tests pass a manual
+    /// clock they move forward instead of waiting out a token's life.
+    clock: Clock,
 }
 
 impl MockState {
-    fn new(options: MockOptions, wall: WallClock) -> Self {
+    fn new(options: MockOptions, clock: Clock) -> Self {
         Self {
             options,
             tag_key: RandomState::new(),
-            wall,
+            clock,
         }
     }
 
     fn now_unix(&self) -> u64 {
-        (self.wall)()
+        self.clock
+            .wall()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     }
@@ -88,12 +87,12 @@ impl MockState {
 
 /// The fake's router, on the system clock.
 pub fn router(options: MockOptions) -> Router {
-    router_with_clock(options, Arc::new(SystemTime::now))
+    router_with_clock(options, Clock::system())
 }
 
-/// The fake's router, dating tokens by `wall`.
-pub fn router_with_clock(options: MockOptions, wall: WallClock) -> Router {
-    let state = Arc::new(MockState::new(options, wall));
+/// The fake's router, dating tokens by `clock`'s wall reading.
+pub fn router_with_clock(options: MockOptions, clock: Clock) -> Router {
+    let state = Arc::new(MockState::new(options, clock));
     Router::new()
         .route("/v1/realtime/client-secrets", post(client_secrets))
         .route("/v1/realtime/ice-config", get(ice_config))

@@ -3,10 +3,11 @@
 use super::*;
 use axum::body::Body;
 use axum::http::Request;
+use std::time::SystemTime;
 use tower::ServiceExt;
 
 fn state() -> MockState {
-    MockState::new(MockOptions::default(), Arc::new(SystemTime::now))
+    MockState::new(MockOptions::default(), Clock::system())
 }
 
 #[test]
@@ -28,22 +29,12 @@ fn only_minted_unexpired_tokens_verify() {
 
 #[test]
 fn tokens_expire_by_the_injected_clock() {
-    let start = SystemTime::now();
-    let offset = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let wall: WallClock = {
-        let offset = offset.clone();
-        Arc::new(move || {
-            start + Duration::from_secs(offset.load(std::sync::atomic::Ordering::Relaxed))
-        })
-    };
-    let state = MockState::new(MockOptions::default(), wall);
+    let clock = Clock::manual(SystemTime::now());
+    let state = MockState::new(MockOptions::default(), clock.clone());
     let token = state.mint_token(state.now_unix() + TOKEN_TTL.as_secs());
-    offset.store(
-        TOKEN_TTL.as_secs() - 1,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    clock.advance(TOKEN_TTL - Duration::from_secs(1));
     assert!(state.token_is_valid(&token));
-    offset.store(TOKEN_TTL.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    clock.advance(Duration::from_secs(1));
     assert!(!state.token_is_valid(&token));
 }
 
@@ -227,20 +218,13 @@ async fn a_call_without_a_token_the_fake_minted_is_401_with_orgas_body() {
 
 #[tokio::test]
 async fn a_token_past_its_expiry_cannot_start_a_call() {
-    let start = SystemTime::now();
-    let offset = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let wall: WallClock = {
-        let offset = offset.clone();
-        Arc::new(move || {
-            start + Duration::from_secs(offset.load(std::sync::atomic::Ordering::Relaxed))
-        })
-    };
-    let fake = router_with_clock(MockOptions::default(), wall);
+    let clock = Clock::manual(SystemTime::now());
+    let fake = router_with_clock(MockOptions::default(), clock.clone());
     let (_, minted) = send(&fake, post_secrets("")).await;
     let token = minted["ephemeral_token"].as_str().expect("a token");
     let (status, _, _) = send_cors(&fake, json_call(token, &sdk_body())).await;
     assert_eq!(status, StatusCode::OK);
-    offset.store(TOKEN_TTL.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    clock.advance(TOKEN_TTL);
     let (status, _, _) = send_cors(&fake, json_call(token, &sdk_body())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
