@@ -66,7 +66,7 @@ async fn issued(response: reqwest::Response) -> Value {
 async fn wait_for_readiness(app: &TestApp, want: u16) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        let response = app.get("/readyz").await;
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap();
         if status == want {

@@ -60,12 +60,7 @@ async fn every_call_gets_a_fresh_token() {
 async fn a_custom_credentials_path_is_served_and_the_default_is_not() {
     let app = spawn_app_with(|c| c.server.credentials_path = "/session".into()).await;
     assert_eq!(app.get_credentials().await.status(), 200);
-    let default = app
-        .client
-        .get(app.url("/api/orga/credentials"))
-        .send()
-        .await
-        .unwrap();
+    let default = app.get("/api/orga/credentials").await;
     assert_eq!(default.status(), 404);
 }
 

@@ -36,13 +36,18 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
-    /// `GET` the credentials route.
-    pub async fn get_credentials(&self) -> reqwest::Response {
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
-            .get(self.url(&self.credentials_path))
+            .get(self.url(path))
             .send()
             .await
             .expect("proxy answers")
+    }
+
+    /// `GET` the credentials route.
+    pub async fn get_credentials(&self) -> reqwest::Response {
+        self.get(&self.credentials_path).await
     }
 
     /// Sends the shutdown signal (as SIGTERM would).

@@ -11,13 +11,13 @@ use tokio::net::TcpStream;
 #[tokio::test]
 async fn healthz_and_readyz_answer_200() {
     let app = spawn_app().await;
-    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200);
     assert_eq!(
         health.json::<Value>().await.unwrap(),
         serde_json::json!({"status": "ok"})
     );
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200);
 }
 
@@ -65,7 +65,7 @@ async fn on_shutdown_in_flight_requests_finish_and_run_returns() {
 #[tokio::test]
 async fn unknown_paths_are_json_404() {
     let app = spawn_app().await;
-    let response = app.client.get(app.url("/nope")).send().await.unwrap();
+    let response = app.get("/nope").await;
     assert_eq!(response.status(), 404);
     assert_eq!(error_code(response).await, "not_found");
 }
@@ -157,7 +157,7 @@ async fn a_client_trickling_its_headers_is_cut_off_after_the_header_read_timeout
         "a silent connection was still open after 10 s"
     );
     // The server keeps serving everyone else.
-    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200);
 }
 
@@ -181,7 +181,7 @@ async fn a_sane_request_id_is_kept_and_a_hostile_one_replaced() {
         .unwrap();
     let replaced = hostile.headers()["x-request-id"].to_str().unwrap();
     assert!(!replaced.contains('"') && !replaced.is_empty());
-    let generated = app.client.get(app.url("/nope")).send().await.unwrap();
+    let generated = app.get("/nope").await;
     assert!(
         generated.headers().contains_key("x-request-id"),
         "errors carry one too"
@@ -282,19 +282,13 @@ async fn an_http_1_1_request_without_host_or_with_two_is_a_json_400() {
 async fn a_request_target_over_8_kib_is_a_json_414() {
     let app = spawn_app().await;
     let long = app
-        .client
-        .get(app.url(&format!("/healthz?q={}", "a".repeat(8 * 1024))))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/healthz?q={}", "a".repeat(8 * 1024)))
+        .await;
     assert_eq!(long.status(), 414);
     assert_eq!(error_code(long).await, "uri_too_long");
     let short = app
-        .client
-        .get(app.url(&format!("/healthz?q={}", "a".repeat(4 * 1024))))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/healthz?q={}", "a".repeat(4 * 1024)))
+        .await;
     assert_eq!(short.status(), 200);
 }
 

@@ -59,12 +59,7 @@ async fn an_automatic_pool_starts_empty_and_serves_callers_once_demand_shows() {
     assert!(pool.is_empty(), "nothing is minted before anyone asks");
     let mut tokens = HashSet::new();
     for _ in 0..40 {
-        let response = app
-            .client
-            .get(app.url(&app.credentials_path))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(&app.credentials_path).await;
         assert_eq!(response.status(), 200);
         let body: serde_json::Value = response.json().await.unwrap();
         let token = body["ephemeralToken"].as_str().unwrap().to_owned();

@@ -22,7 +22,7 @@ pub(crate) fn redis_backend(url: &str, failure: RedisFailure) -> impl FnOnce(&mu
 }
 
 pub(crate) async fn ready(app: &TestApp) -> (u16, serde_json::Value) {
-    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let response = app.get("/readyz").await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }

@@ -84,7 +84,7 @@ async fn an_open_circuit_answers_503_with_retry_after_without_calling_orga() {
         "Orga not called while open"
     );
 
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(
         ready.status(),
         200,
@@ -115,7 +115,7 @@ async fn requests_past_the_concurrency_limit_are_shed_at_once_with_503() {
     assert_eq!(shed.status(), 503);
     assert_eq!(shed.headers()["retry-after"], "1");
     assert_eq!(error_code(shed).await, "unavailable");
-    let probe = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let probe = app.get("/healthz").await;
     assert_eq!(probe.status(), 200, "probes are never shed");
 
     upstream.release(2);

@@ -88,7 +88,7 @@ async fn health_readiness_and_preflights_stay_open_when_auth_is_on() {
     })
     .await;
     for path in ["/healthz", "/readyz"] {
-        let response = app.client.get(app.url(path)).send().await.unwrap();
+        let response = app.get(path).await;
         assert_eq!(response.status(), 200, "{path}");
     }
     let preflight = app

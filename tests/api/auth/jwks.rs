@@ -94,7 +94,7 @@ async fn force_refresh(app: &TestApp, idp: &JwksServer, key: &TestKey) {
 }
 
 async fn ready_status(app: &TestApp) -> u16 {
-    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let response = app.get("/readyz").await;
     response.status().as_u16()
 }
 
@@ -224,19 +224,11 @@ async fn jwks_down_at_start_keeps_readiness_503_and_refuses_every_token() {
     })
     .await;
 
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 503);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["reasons"], serde_json::json!(["jwks"]));
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get("/healthz").await.status(), 200);
 
     // Fail closed: a well-signed token is still refused while no key is loaded.
     let response = get_with_bearer(&app, &key.sign("k", &claims("u"))).await;
@@ -266,7 +258,7 @@ async fn jwks_down_later_keeps_the_cached_keys_working() {
     assert_eq!(idp.hits(), before + 1, "the refresh was attempted");
 
     assert!(accepted(&app, &key, "k").await, "cached key still verifies");
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200);
 }
 

@@ -159,7 +159,7 @@ pub async fn assert_unauthorized(response: reqwest::Response) -> String {
 /// not a timing assertion).
 pub async fn wait_until_ready(app: &TestApp) {
     for _ in 0..6000 {
-        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        let response = app.get("/readyz").await;
         if response.status() == 200 {
             return;
         }
@@ -171,7 +171,7 @@ pub async fn wait_until_ready(app: &TestApp) {
 /// Polls `/readyz` until it answers 503 naming `jwks`; panics after a generous deadline.
 pub async fn wait_until_jwks_not_ready(app: &TestApp) {
     for _ in 0..6000 {
-        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        let response = app.get("/readyz").await;
         if response.status() == 503 {
             let body: Value = response.json().await.unwrap();
             assert_eq!(body["reasons"], json!(["jwks"]), "{body}");

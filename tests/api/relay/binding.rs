@@ -281,7 +281,7 @@ async fn while_redis_is_down_both_routes_refuse_503_and_orga_is_never_called_wit
         "no token minted while Redis is known to fail"
     );
     // Every credential is refused while Redis fails: the load balancer must know too.
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 503);
     let reasons: Value = ready.json().await.unwrap();
     assert_eq!(

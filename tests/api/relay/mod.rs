@@ -365,7 +365,7 @@ async fn the_route_exists_only_with_the_relay_and_only_for_post() {
     let response = start(&off, "ek_any", &sdk_body(OFFER_SDP)).await;
     assert_eq!(response.status(), 404);
     let on = spawn_app_with(|c| c.relay.enabled = true).await;
-    let get = on.client.get(on.url(CALLS)).send().await.unwrap();
+    let get = on.get(CALLS).await;
     assert_eq!(get.status(), 405);
     assert_eq!(get.headers()["allow"], "POST");
 }
