@@ -7,9 +7,9 @@ use super::{
 };
 use crate::helpers::{TestApp, error_code, spawn_app_with};
 use axum::http::HeaderMap;
-use orga_proxy::auth::{AuthError, Authenticator};
+use orga_proxy::auth::{AuthError, Authenticator, Subject};
 use orga_proxy::clock::Clock;
-use orga_proxy::config::{AuthConfig, AuthMode};
+use orga_proxy::config::{AuthConfig, AuthMode, JwtConfig};
 use orga_proxy::readiness::Readiness;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -262,37 +262,65 @@ async fn jwks_down_later_keeps_the_cached_keys_working() {
     assert_eq!(ready.status(), 200);
 }
 
+/// An authenticator on its own, no server around it: jwt mode with keys from `idp`, on a
+/// manual clock the test moves.
+struct Standalone {
+    /// The authenticator under test.
+    auth: Authenticator,
+    /// The readiness it reports a missing JWKS to.
+    readiness: Readiness,
+    /// The clock it reads.
+    clock: Clock,
+}
+
+impl Standalone {
+    /// With the `[auth.jwt]` settings adjusted by `customize`.
+    fn new(idp: &JwksServer, customize: impl FnOnce(&mut JwtConfig)) -> Self {
+        let mut config = AuthConfig {
+            mode: AuthMode::Jwt,
+            ..AuthConfig::default()
+        };
+        config.jwt.jwks_url = Some(idp.url.parse().unwrap());
+        customize(&mut config.jwt);
+        let clock = Clock::manual(SystemTime::now());
+        let readiness = Readiness::default();
+        let http = orga_proxy::outbound::client().unwrap();
+        let auth = Authenticator::new(&config, &readiness, clock.clone(), Default::default(), http)
+            .unwrap();
+        Self {
+            auth,
+            readiness,
+            clock,
+        }
+    }
+
+    /// Authenticates a request that carries `token` as its Bearer.
+    async fn check(&self, token: String) -> Result<Option<Subject>, AuthError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        self.auth.authenticate(&headers, None).await
+    }
+
+    /// Waits (boundedly) until readiness reports exactly `expected`.
+    async fn readiness_becomes(&self, expected: &[&str]) {
+        for _ in 0..6000 {
+            if self.readiness.problems() == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("readiness never became {expected:?}");
+    }
+}
+
 #[tokio::test]
 async fn after_the_cooldown_an_unknown_kid_may_fetch_again() {
     let key = ec_key();
     let idp = JwksServer::start(vec![key.jwk_with_kid("k1")]).await;
-    let mut config = AuthConfig {
-        mode: AuthMode::Jwt,
-        ..AuthConfig::default()
-    };
-    config.jwt.jwks_url = Some(idp.url.parse().unwrap());
-    let clock = Clock::manual(SystemTime::now());
-    let readiness = Readiness::default();
-    let http = orga_proxy::outbound::client().unwrap();
-    let auth =
-        Authenticator::new(&config, &readiness, clock.clone(), Default::default(), http).unwrap();
-    let check = |kid: &str| {
-        let mut headers = HeaderMap::new();
-        let token = key.sign(kid, &claims("u"));
-        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let auth = auth.clone();
-        async move { auth.authenticate(&headers, None).await }
-    };
-    for _ in 0..6000 {
-        if readiness.problems().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        readiness.problems().is_empty(),
-        "the start-up load never finished"
-    );
+    let standalone = Standalone::new(&idp, |_| {});
+    let (auth, clock) = (&standalone.auth, &standalone.clock);
+    let check = |kid: &str| standalone.check(key.sign(kid, &claims("u")));
+    standalone.readiness_becomes(&[]).await;
     // Loaded at start-up; then one fetch for the first unknown kid.
     assert!(check("k1").await.is_ok());
     assert!(matches!(check("k2").await, Err(AuthError::Invalid(_))));
@@ -315,40 +343,15 @@ async fn after_the_cooldown_an_unknown_kid_may_fetch_again() {
 async fn a_failing_jwks_keeps_the_keys_until_jwks_max_stale_then_readiness_turns_503() {
     let key = ec_key();
     let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
-    let mut config = AuthConfig {
-        mode: AuthMode::Jwt,
-        ..AuthConfig::default()
-    };
-    config.jwt.jwks_url = Some(idp.url.parse().unwrap());
-    config.jwt.jwks_min_refresh = Duration::from_secs(1);
-    config.jwt.jwks_max_stale = Duration::from_secs(3600);
-    let clock = Clock::manual(SystemTime::now());
-    let readiness = Readiness::default();
-    let http = orga_proxy::outbound::client().unwrap();
-    let auth =
-        Authenticator::new(&config, &readiness, clock.clone(), Default::default(), http).unwrap();
+    let standalone = Standalone::new(&idp, |jwt| {
+        jwt.jwks_min_refresh = Duration::from_secs(1);
+        jwt.jwks_max_stale = Duration::from_secs(3600);
+    });
+    let (auth, clock, readiness) = (&standalone.auth, &standalone.clock, &standalone.readiness);
     // The clock moves hours ahead: the token must outlive it.
     let token_claims = serde_json::json!({"sub": "u", "exp": super::now() + 86_400});
-    let check = |kid: &str| {
-        let mut headers = HeaderMap::new();
-        let token = key.sign(kid, &token_claims);
-        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let auth = auth.clone();
-        async move { auth.authenticate(&headers, None).await }
-    };
-    let wait_for_readiness = |expected: &'static [&'static str]| {
-        let readiness = &readiness;
-        async move {
-            for _ in 0..6000 {
-                if readiness.problems() == expected {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            panic!("readiness never became {expected:?}");
-        }
-    };
-    wait_for_readiness(&[]).await;
+    let check = |kid: &str| standalone.check(key.sign(kid, &token_claims));
+    standalone.readiness_becomes(&[]).await;
     assert!(check("k").await.is_ok());
 
     // The provider fails; a refresh fails with it (an unknown kid forces one), and the
@@ -369,6 +372,6 @@ async fn a_failing_jwks_keeps_the_keys_until_jwks_max_stale_then_readiness_turns
 
     // The provider answers again: the refresher's next fetch restores both.
     idp.set_failing(false);
-    wait_for_readiness(&[]).await;
+    standalone.readiness_becomes(&[]).await;
     assert!(check("k").await.is_ok());
 }
