@@ -215,14 +215,7 @@ async fn jwks_down_at_start_keeps_readiness_503_and_refuses_every_token() {
     let key = ec_key();
     let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
     idp.set_failing(true);
-    let url = idp.url.parse().unwrap();
-    let app = spawn_app_with(move |config| {
-        config.auth.mode = AuthMode::Jwt;
-        config.auth.jwt.jwks_url = Some(url);
-        // Retries while nothing is loaded back off up to this period.
-        config.auth.jwt.jwks_min_refresh = Duration::from_secs(1);
-    })
-    .await;
+    let app = quick_retry_app_for(&idp).await;
 
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 503);
