@@ -23,6 +23,16 @@ async fn app() -> TestApp {
     spawn_app_with(jwt_secret_config).await
 }
 
+/// The reason `app` gives for refusing `token` (asserting the contract's 401).
+async fn refusal(app: &TestApp, token: &str) -> String {
+    assert_unauthorized(get_with_bearer(app, token).await).await
+}
+
+/// As [`refusal`], for a token with `claims` signed with the shared secret.
+async fn refusal_of_signed(app: &TestApp, claims: &serde_json::Value) -> String {
+    refusal(app, &hs256(HS_SECRET.as_bytes(), claims)).await
+}
+
 #[tokio::test]
 async fn a_valid_hs256_token_is_accepted_which_needs_the_crypto_backend() {
     let app = app().await;
@@ -34,18 +44,14 @@ async fn a_valid_hs256_token_is_accepted_which_needs_the_crypto_backend() {
 async fn a_token_signed_with_another_secret_is_refused() {
     let app = app().await;
     let token = hs256(b"another-secret-0123456789abcdefghijkl", &claims("user-1"));
-    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    let message = refusal(&app, &token).await;
     assert!(message.contains("signature"), "{message}");
 }
 
 #[tokio::test]
 async fn an_expired_token_is_refused() {
     let app = app().await;
-    let token = hs256(
-        HS_SECRET.as_bytes(),
-        &json!({"sub": "u", "exp": now() - 3600}),
-    );
-    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    let message = refusal_of_signed(&app, &json!({"sub": "u", "exp": now() - 3600})).await;
     assert!(message.contains("expired"), "{message}");
 }
 
@@ -63,68 +69,66 @@ async fn a_token_expired_within_the_leeway_is_accepted() {
 #[tokio::test]
 async fn a_token_not_valid_before_a_future_time_is_refused() {
     let app = app().await;
-    let token = hs256(
-        HS_SECRET.as_bytes(),
+    let message = refusal_of_signed(
+        &app,
         &json!({"sub": "u", "exp": now() + 7200, "nbf": now() + 3600}),
-    );
-    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    )
+    .await;
     assert!(message.contains("not valid yet"), "{message}");
 }
 
 #[tokio::test]
 async fn a_token_without_exp_is_refused() {
     let app = app().await;
-    let token = hs256(HS_SECRET.as_bytes(), &json!({"sub": "u"}));
-    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    let message = refusal_of_signed(&app, &json!({"sub": "u"})).await;
     assert!(message.contains("`exp`"), "{message}");
+}
+
+/// The issuer `app_trusting` is told to trust in these tests.
+const TRUSTED_ISSUER: &str = "https://idp.example.com/";
+
+/// As [`app`], accepting only tokens that `issuer` issued (`auth.jwt.issuer`).
+async fn app_trusting(issuer: &str) -> TestApp {
+    spawn_app_with(|config| {
+        jwt_secret_config(config);
+        config.auth.jwt.issuer = Some(issuer.into());
+    })
+    .await
 }
 
 #[tokio::test]
 async fn a_token_from_another_issuer_is_refused() {
-    let app = spawn_app_with(|config| {
-        jwt_secret_config(config);
-        config.auth.jwt.issuer = Some("https://idp.example.com/".into());
-    })
-    .await;
+    let app = app_trusting(TRUSTED_ISSUER).await;
     let mut wrong = claims("u");
     wrong["iss"] = json!("https://evil.example.com/");
-    let message =
-        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &wrong)).await)
-            .await;
+    let message = refusal_of_signed(&app, &wrong).await;
     assert!(message.contains("issuer"), "{message}");
 
     let missing = claims("u");
-    let message =
-        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &missing)).await)
-            .await;
+    let message = refusal_of_signed(&app, &missing).await;
     assert!(message.contains("no `iss` claim"), "{message}");
 
     let mut right = claims("u");
-    right["iss"] = json!("https://idp.example.com/");
+    right["iss"] = json!(TRUSTED_ISSUER);
     let response = get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &right)).await;
     assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
 async fn an_issuer_array_is_refused_even_when_it_holds_the_trusted_issuer() {
-    let app = spawn_app_with(|config| {
-        jwt_secret_config(config);
-        config.auth.jwt.issuer = Some("https://idp.example.com/".into());
-    })
-    .await;
+    let app = app_trusting(TRUSTED_ISSUER).await;
     // jsonwebtoken alone accepts an array with any matching member; RFC 7519 makes
     // `iss` one StringOrURI, and Envoy refuses the array too.
     for iss in [
-        json!(["https://idp.example.com/"]),
-        json!(["https://evil.example.com/", "https://idp.example.com/"]),
-        json!({"iss": "https://idp.example.com/"}),
+        json!([TRUSTED_ISSUER]),
+        json!(["https://evil.example.com/", TRUSTED_ISSUER]),
+        json!({ "iss": TRUSTED_ISSUER }),
         json!(null),
         json!(7),
     ] {
         let mut token_claims = claims("u");
         token_claims["iss"] = iss.clone();
-        let token = hs256(HS_SECRET.as_bytes(), &token_claims);
-        let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+        let message = refusal_of_signed(&app, &token_claims).await;
         assert!(message.contains("single string"), "{iss}: {message}");
     }
 }
@@ -134,8 +138,7 @@ async fn an_issuer_that_is_not_a_string_is_refused_even_when_no_issuer_is_config
     let app = app().await;
     let mut token_claims = claims("u");
     token_claims["iss"] = json!(["https://idp.example.com/"]);
-    let token = hs256(HS_SECRET.as_bytes(), &token_claims);
-    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    let message = refusal_of_signed(&app, &token_claims).await;
     assert!(message.contains("single string"), "{message}");
 
     // Any single string is fine when none is required.
@@ -156,8 +159,7 @@ async fn a_sub_that_is_not_a_non_empty_string_is_refused() {
     ] {
         let mut token_claims = claims("u");
         token_claims["sub"] = sub.clone();
-        let token = hs256(HS_SECRET.as_bytes(), &token_claims);
-        let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+        let message = refusal_of_signed(&app, &token_claims).await;
         assert!(
             message.contains("`sub`") && message.contains("string"),
             "{sub}: {message}"
@@ -165,14 +167,10 @@ async fn a_sub_that_is_not_a_non_empty_string_is_refused() {
     }
     let mut empty = claims("u");
     empty["sub"] = json!("");
-    let message =
-        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &empty)).await)
-            .await;
+    let message = refusal_of_signed(&app, &empty).await;
     assert!(message.contains("no `sub` claim"), "{message}");
     let no_sub = json!({"exp": now() + 600});
-    let message =
-        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &no_sub)).await)
-            .await;
+    let message = refusal_of_signed(&app, &no_sub).await;
     assert!(message.contains("no `sub` claim"), "{message}");
 }
 
@@ -185,15 +183,11 @@ async fn a_token_for_another_audience_or_none_is_refused() {
     .await;
     let mut wrong = claims("u");
     wrong["aud"] = json!(["billing-api"]);
-    let message =
-        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &wrong)).await)
-            .await;
+    let message = refusal_of_signed(&app, &wrong).await;
     assert!(message.contains("audience"), "{message}");
 
     let missing = claims("u");
-    let message =
-        assert_unauthorized(get_with_bearer(&app, &hs256(HS_SECRET.as_bytes(), &missing)).await)
-            .await;
+    let message = refusal_of_signed(&app, &missing).await;
     assert!(message.contains("`aud`"), "{message}");
 
     let mut right = claims("u");
@@ -206,7 +200,7 @@ async fn a_token_for_another_audience_or_none_is_refused() {
 async fn an_unsigned_alg_none_token_is_refused() {
     let app = app().await;
     let token = raw_token(&json!({"alg": "none", "typ": "JWT"}), &claims("u"), b"");
-    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    let message = refusal(&app, &token).await;
     assert!(message.contains("none"), "{message}");
 }
 
@@ -219,14 +213,14 @@ async fn a_token_signed_with_a_pinned_out_algorithm_is_refused() {
         &jsonwebtoken::EncodingKey::from_secret(HS_SECRET.as_bytes()),
     )
     .unwrap();
-    let message = assert_unauthorized(get_with_bearer(&app, &token).await).await;
+    let message = refusal(&app, &token).await;
     assert!(message.contains("HS512"), "{message}");
 }
 
 #[tokio::test]
 async fn garbage_and_other_schemes_are_refused_with_a_reason() {
     let app = app().await;
-    let message = assert_unauthorized(get_with_bearer(&app, "not-a-jwt").await).await;
+    let message = refusal(&app, "not-a-jwt").await;
     assert!(message.contains("malformed"), "{message}");
     let response = app
         .client
@@ -373,7 +367,7 @@ async fn hs256_signed_with_the_rsa_public_key_is_refused_in_jwks_mode() {
         &jsonwebtoken::EncodingKey::from_secret(RSA_PUBLIC_PEM),
     )
     .unwrap();
-    let message = assert_unauthorized(get_with_bearer(&app, &forged).await).await;
+    let message = refusal(&app, &forged).await;
     assert!(message.contains("HS256"), "{message}");
     // The genuine RS256 token of the same key still passes.
     let genuine = key.sign("rsa-1", &claims("user"));
