@@ -33,6 +33,11 @@ fn sections(answer: &str) -> Vec<Vec<&str>> {
     sections
 }
 
+/// The answer's `m=` lines, in order.
+fn m_lines(answer: &str) -> Vec<&str> {
+    sections(answer).iter().map(|s| s[0]).collect()
+}
+
 fn session_lines(answer: &str) -> Vec<&str> {
     answer
         .split("\r\n")
@@ -50,9 +55,8 @@ fn values<'a>(section: &[&'a str], prefix: &str) -> Vec<&'a str> {
 #[test]
 fn the_answer_mirrors_the_offers_m_lines_in_order() {
     let answer = answer_to(CHROMIUM_OFFER);
-    let m_lines: Vec<&str> = sections(&answer).iter().map(|s| s[0]).collect();
     assert_eq!(
-        m_lines,
+        m_lines(&answer),
         [
             "m=audio 9 UDP/TLS/RTP/SAVPF 111",
             "m=video 9 UDP/TLS/RTP/SAVPF 96",
@@ -248,9 +252,8 @@ fn media_the_fake_cannot_answer_are_rejected() {
                  m=application 9 UDP/DTLS/SCTP bfcp\r\na=mid:d\r\n\
                  m=video 9 UDP/TLS/RTP/SAVPF 97\r\na=rtpmap:97 rtx/90000\r\n";
     let answer = answer_to(offer);
-    let m_lines: Vec<&str> = sections(&answer).iter().map(|s| s[0]).collect();
     assert_eq!(
-        m_lines,
+        m_lines(&answer),
         [
             "m=text 0 RTP/AVP 98",
             "m=application 0 UDP/DTLS/SCTP bfcp",
