@@ -335,40 +335,39 @@ mod tests {
         ClientKey::new([192, 0, 2, last].into(), 64)
     }
 
+    /// Reserves one credential of `subject` from `client`, and keeps it.
+    async fn take(quotas: &Quotas, subject: Option<&str>, client: Option<&ClientKey>) {
+        let reserved = quotas.reserve(subject, client).await;
+        reserved.expect("within every quota").keep();
+    }
+
+    /// Whose quota refuses the next credential of `subject` from `client`.
+    async fn refusal(
+        quotas: &Quotas,
+        subject: Option<&str>,
+        client: Option<&ClientKey>,
+    ) -> &'static str {
+        match quotas.reserve(subject, client).await {
+            Err(ApiError::QuotaExceeded { whose, .. }) => whose,
+            Err(other) => panic!("refused, but not by a quota: {other:?}"),
+            Ok(_) => panic!("not refused"),
+        }
+    }
+
     #[tokio::test]
     async fn a_later_quota_refusing_leaves_the_earlier_ones_untouched() {
         let clock = Clock::manual(UNIX_EPOCH + Duration::from_secs(20_000 * DAY_SECS));
         let quotas = quotas(5, 1, 0, &clock);
-        quotas
-            .reserve(Some("ann"), Some(&client(1)))
-            .await
-            .unwrap()
-            .keep();
+        take(&quotas, Some("ann"), Some(&client(1))).await;
         // Ann's second credential from the same client is refused by the client quota...
-        let refused = quotas.reserve(Some("ann"), Some(&client(1))).await;
-        assert!(matches!(
-            refused,
-            Err(ApiError::QuotaExceeded {
-                whose: "this client",
-                ..
-            })
-        ));
+        let whose = refusal(&quotas, Some("ann"), Some(&client(1))).await;
+        assert_eq!(whose, "this client");
         // ...and took nothing from her own: four more from four other clients pass.
         for last in 2..6 {
-            quotas
-                .reserve(Some("ann"), Some(&client(last)))
-                .await
-                .unwrap()
-                .keep();
+            take(&quotas, Some("ann"), Some(&client(last))).await;
         }
-        let refused = quotas.reserve(Some("ann"), Some(&client(9))).await;
-        assert!(matches!(
-            refused,
-            Err(ApiError::QuotaExceeded {
-                whose: "this caller",
-                ..
-            })
-        ));
+        let whose = refusal(&quotas, Some("ann"), Some(&client(9))).await;
+        assert_eq!(whose, "this caller");
     }
 
     #[tokio::test]
@@ -376,7 +375,7 @@ mod tests {
         let clock = Clock::manual(UNIX_EPOCH + Duration::from_secs(20_000 * DAY_SECS));
         let quotas = quotas(0, 0, 1, &clock);
         drop(quotas.reserve(None, None).await.unwrap());
-        quotas.reserve(None, None).await.unwrap().keep();
+        take(&quotas, None, None).await;
         let refused = quotas.reserve(None, None).await;
         let Err(ApiError::QuotaExceeded { whose, retry_after }) = refused else {
             panic!("the global quota of 1 is spent");
