@@ -183,6 +183,16 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
     response.json().await.expect("a JSON body")
 }
 
+/// The names of the `access-control-*` headers on `response` (none for an origin CORS
+/// does not allow).
+pub fn cors_headers(response: &reqwest::Response) -> Vec<String> {
+    let names = response.headers().keys().map(|name| name.as_str());
+    names
+        .filter(|name| name.starts_with("access-control-"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The `error.code` of a JSON error response, asserting the body has the contract's shape.
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("error body is JSON");
