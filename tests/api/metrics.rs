@@ -46,12 +46,14 @@ async fn spawn_with_metrics_and(customize: impl FnOnce(&mut Config)) -> WithMetr
     }
 }
 
+/// `GET http://{addr}{path}`.
+async fn get(addr: SocketAddr, path: &str) -> reqwest::Response {
+    let url = format!("http://{addr}{path}");
+    client().get(url).send().await.expect("it answers")
+}
+
 async fn scrape(addr: SocketAddr) -> String {
-    let response = client()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let response = get(addr, "/metrics").await;
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
         .to_str()
@@ -67,41 +69,24 @@ async fn scrape(addr: SocketAddr) -> String {
 #[tokio::test]
 async fn metrics_are_served_on_their_own_listener_and_never_on_the_public_one() {
     let app = spawn_with_metrics().await;
-    let public = client()
-        .get(format!("http://{}/metrics", app.public))
-        .send()
-        .await
-        .unwrap();
+    let public = get(app.public, "/metrics").await;
     assert_eq!(public.status(), 404);
     let body = scrape(app.metrics).await;
     assert!(body.contains("orga_proxy_build_info"), "{body}");
-    let elsewhere = client()
-        .get(format!("http://{}/healthz", app.metrics))
-        .send()
-        .await
-        .unwrap();
+    let elsewhere = get(app.metrics, "/healthz").await;
     assert_eq!(elsewhere.status(), 404);
 }
 
 #[tokio::test]
 async fn requests_are_counted_by_route_template_with_no_raw_path_or_ip() {
     let app = spawn_with_metrics().await;
-    let client = client();
-    let credentials = client
-        .get(format!("http://{}/api/orga/credentials", app.public))
-        .send()
-        .await
-        .unwrap();
+    let credentials = get(app.public, "/api/orga/credentials").await;
     assert_eq!(credentials.status(), 200);
     let token = credentials.json::<serde_json::Value>().await.unwrap()["ephemeralToken"]
         .as_str()
         .unwrap()
         .to_owned();
-    let probe = client
-        .get(format!("http://{}/no/such/path-canary-9d1", app.public))
-        .send()
-        .await
-        .unwrap();
+    let probe = get(app.public, "/no/such/path-canary-9d1").await;
     assert_eq!(probe.status(), 404);
 
     let body = scrape(app.metrics).await;
@@ -247,11 +232,7 @@ async fn connections_past_the_metrics_cap_are_closed_at_once_while_both_ports_ke
         200,
         "the scraper's connection keeps answering"
     );
-    let health = client()
-        .get(format!("http://{}/healthz", app.public))
-        .send()
-        .await
-        .unwrap();
+    let health = get(app.public, "/healthz").await;
     assert_eq!(health.status(), 200);
 }
 
