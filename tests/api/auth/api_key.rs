@@ -1,6 +1,6 @@
 //! api_key mode, and what stays open whatever the mode.
 
-use super::assert_unauthorized;
+use super::{assert_unauthorized, get_with_bearer};
 use crate::helpers::{TestApp, api_keys, origins, spawn_app_with};
 use orga_proxy::config::AuthMode;
 
@@ -18,14 +18,7 @@ async fn app_with_keys() -> TestApp {
 #[tokio::test]
 async fn a_valid_api_key_as_bearer_is_accepted() {
     let app = app_with_keys().await;
-    let response = app
-        .client
-        .get(app.url(&app.credentials_path))
-        .bearer_auth(WEB_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(get_with_bearer(&app, WEB_KEY).await.status(), 200);
 }
 
 #[tokio::test]
