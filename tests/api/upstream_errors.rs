@@ -246,21 +246,31 @@ async fn malformed_ice_servers_are_refused() {
     assert_eq!(outcome(&app).await.1, "upstream_error");
 }
 
+/// An Orga Cloud that answers client-secrets only after 5 s.
+async fn hanging_upstream() -> MockServer {
+    scripted_upstream(token().set_delay(Duration::from_secs(5)), None).await
+}
+
+/// Asserts that `app` answers 504 `upstream_timeout`, long before a hanging upstream
+/// would have answered: `setting` is what cut the call short.
+async fn times_out_early(app: &TestApp, setting: &str) {
+    let started = std::time::Instant::now();
+    let (status, code, _) = outcome(app).await;
+    assert_eq!((status, code.as_str()), (504, "upstream_timeout"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{setting} cut the call short"
+    );
+}
+
 #[tokio::test]
 async fn an_upstream_hanging_past_the_timeout_is_504_upstream_timeout() {
-    let slow = token().set_delay(Duration::from_secs(5));
-    let upstream = scripted_upstream(slow, None).await;
+    let upstream = hanging_upstream().await;
     let app = spawn_app_against(&upstream.uri(), |c| {
         c.orga.timeout = Duration::from_millis(300)
     })
     .await;
-    let started = std::time::Instant::now();
-    let (status, code, _) = outcome(&app).await;
-    assert_eq!((status, code.as_str()), (504, "upstream_timeout"));
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "the timeout cut the call short"
-    );
+    times_out_early(&app, "orga.timeout").await;
 }
 
 #[tokio::test]
@@ -282,25 +292,17 @@ async fn an_upstream_that_stalls_mid_body_is_504_upstream_timeout_too() {
         }
     });
     let app = spawn_app_against(&upstream, |c| c.orga.timeout = Duration::from_millis(300)).await;
-    let started = std::time::Instant::now();
-    let (status, code, _) = outcome(&app).await;
-    assert_eq!((status, code.as_str()), (504, "upstream_timeout"));
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "cut short by orga.timeout"
-    );
+    times_out_early(&app, "orga.timeout").await;
 }
 
 #[tokio::test]
 async fn the_whole_request_deadline_is_504_too() {
-    let slow = token().set_delay(Duration::from_secs(5));
-    let upstream = scripted_upstream(slow, None).await;
+    let upstream = hanging_upstream().await;
     let app = spawn_app_against(&upstream.uri(), |c| {
         c.server.request_timeout = Duration::from_millis(300);
     })
     .await;
-    let (status, code, _) = outcome(&app).await;
-    assert_eq!((status, code.as_str()), (504, "upstream_timeout"));
+    times_out_early(&app, "server.request_timeout").await;
 }
 
 #[tokio::test]
