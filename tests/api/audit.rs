@@ -397,7 +397,7 @@ fn proxy(upstream: &str, sink: &str) -> Proxy {
 
 /// Gets `n` credentials from the binary one after the other; their tokens.
 async fn tokens_from(proxy: &Proxy, n: usize) -> Vec<String> {
-    let url = format!("http://{}/api/orga/credentials", proxy.addr);
+    let url = proxy.credentials_url();
     let mut tokens = Vec::new();
     for _ in 0..n {
         let body = issued(client().get(&url).send().await.unwrap()).await;
@@ -411,7 +411,7 @@ async fn sigterm_with_requests_in_flight_leaves_every_issued_credential_on_disk(
     let upstream = slow_mock_upstream(Duration::from_millis(50)).await;
     let path = audit_path();
     let proxy = proxy(&upstream, path.to_str().unwrap());
-    let url = format!("http://{}/api/orga/credentials", proxy.addr);
+    let url = proxy.credentials_url();
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..200 {
         let url = url.clone();
@@ -445,7 +445,7 @@ async fn sigkill_right_after_the_answers_loses_no_record() {
     let upstream = spawn_mock_upstream(MockOptions::default()).await;
     let path = audit_path();
     let proxy = proxy(&upstream, path.to_str().unwrap());
-    let url = format!("http://{}/api/orga/credentials", proxy.addr);
+    let url = proxy.credentials_url();
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let url = url.clone();

@@ -148,10 +148,15 @@ impl Proxy {
         }
     }
 
+    /// The URL of its credentials route (at the default path).
+    pub(crate) fn credentials_url(&self) -> String {
+        format!("http://{}/api/orga/credentials", self.addr)
+    }
+
     /// `GET` its credentials route.
     pub(crate) async fn get_credentials(&self) -> reqwest::Response {
         crate::helpers::client()
-            .get(format!("http://{}/api/orga/credentials", self.addr))
+            .get(self.credentials_url())
             .send()
             .await
             .expect("the proxy answers")

@@ -207,7 +207,7 @@ async fn secrets_never_reach_the_logs_even_at_trace_level() {
             .env("RUST_LOG", "trace"),
     );
     let client = client();
-    let url = format!("http://{}/api/orga/credentials", proxy.addr);
+    let url = proxy.credentials_url();
     let mut tokens = Vec::new();
     for _ in 0..3 {
         let response = client

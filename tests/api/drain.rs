@@ -187,8 +187,7 @@ async fn the_binary_drains_and_exits_0_on_sigterm() {
     );
     let addr: SocketAddr = proxy.addr.parse().unwrap();
 
-    let client = client();
-    let url = format!("http://{addr}/api/orga/credentials");
+    let (client, url) = (client(), proxy.credentials_url());
     let in_flight = tokio::spawn(async move { client.get(url).send().await });
     upstream.arrived().await;
 
@@ -291,7 +290,7 @@ async fn the_binary_answers_readyz_503_during_the_shutdown_delay_after_sigterm()
     proxy.signal("TERM");
     answers(&client, &format!("{base}/readyz"), 503).await;
     let served = client
-        .get(format!("{base}/api/orga/credentials"))
+        .get(proxy.credentials_url())
         .send()
         .await
         .expect("still served during the delay");

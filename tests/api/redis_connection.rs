@@ -134,11 +134,7 @@ async fn binary_ready(proxy: &Proxy) -> (u16, serde_json::Value) {
 }
 
 async fn binary_credentials(proxy: &Proxy) -> reqwest::Response {
-    client()
-        .get(format!("http://{}/api/orga/credentials", proxy.addr))
-        .send()
-        .await
-        .unwrap()
+    client().get(proxy.credentials_url()).send().await.unwrap()
 }
 
 fn stop(proxy: Proxy) -> String {

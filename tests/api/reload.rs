@@ -74,7 +74,7 @@ async fn sighup_after_the_key_file_is_rotated_uses_the_new_key_without_a_restart
             .env("ORGA_BASE_URL", &upstream)
             .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0"),
     );
-    let url = format!("http://{}/api/orga/credentials", proxy.addr);
+    let url = proxy.credentials_url();
     let before = client().get(&url).send().await.unwrap();
     assert_eq!(before.status(), 502, "Orga refuses the old key");
     assert_eq!(error_code(before).await, "upstream_auth_failed");
@@ -107,7 +107,7 @@ fn config_file(origins: &str, request_timeout: &str) -> String {
 
 async fn allows(proxy: &Proxy, origin: &str) -> bool {
     let response = client()
-        .get(format!("http://{}/api/orga/credentials", proxy.addr))
+        .get(proxy.credentials_url())
         .header("origin", origin)
         .send()
         .await
@@ -177,7 +177,7 @@ async fn sigusr1_is_ignored_and_sigquit_drains_like_sigterm() {
     assert_eq!(client().get(&health).send().await.unwrap().status(), 200);
     assert!(proxy.is_running());
 
-    let url = format!("http://{}/api/orga/credentials", proxy.addr);
+    let url = proxy.credentials_url();
     let in_flight = tokio::spawn(async move { client().get(url).send().await });
     upstream.arrived().await;
     proxy.signal("QUIT");

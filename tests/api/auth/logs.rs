@@ -25,7 +25,7 @@ async fn api_keys_stay_out_of_the_logs_and_the_subject_goes_in() {
             .env("RUST_LOG", "trace"),
     );
     let client = client();
-    let url = format!("http://{}/api/orga/credentials", proxy.addr);
+    let url = proxy.credentials_url();
     let ok = client.get(&url).bearer_auth(WEB_KEY).send().await.unwrap();
     assert_eq!(ok.status(), 200);
     let ok = client
