@@ -5,7 +5,7 @@
 //! credential issued is in the file exactly once.
 
 use crate::auth::{HS_SECRET, hs256};
-use crate::cli::{Proxy, command, run, tempdir};
+use crate::cli::{Proxy, command, run, serving_test_config_against, tempdir};
 use crate::helpers::*;
 use orga_proxy::clock::Clock;
 use orga_proxy::config::{AuditSink, AuthMode, Config, TrustedProxies};
@@ -386,10 +386,7 @@ async fn under_load_every_credential_issued_is_recorded_exactly_once() {
 /// The binary serving against `upstream`, with the audit trail in `sink`.
 fn proxy(upstream: &str, sink: &str) -> Proxy {
     Proxy::start(
-        command(&["serve"])
-            .env("ORGA_API_KEY", TEST_API_KEY)
-            .env("ORGA_BASE_URL", upstream)
-            .env("ORGA_PROXY_SERVER__LISTEN", "127.0.0.1:0")
+        serving_test_config_against(upstream)
             .env("ORGA_PROXY_RATE_LIMIT__ENABLED", "false")
             .env("ORGA_PROXY_AUDIT__SINK", sink),
     )
@@ -406,14 +403,12 @@ async fn tokens_from(proxy: &Proxy, n: usize) -> Vec<String> {
     tokens
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_with_requests_in_flight_leaves_every_issued_credential_on_disk() {
-    let upstream = slow_mock_upstream(Duration::from_millis(50)).await;
-    let path = audit_path();
-    let proxy = proxy(&upstream, path.to_str().unwrap());
+/// Sends `n` credentials requests to the binary at once. Each task ends with the token
+/// it was given, or `None` when it got no 200 (the process may be stopping).
+fn requests_at_once(proxy: &Proxy, n: usize) -> tokio::task::JoinSet<Option<String>> {
     let url = proxy.credentials_url();
     let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..200 {
+    for _ in 0..n {
         let url = url.clone();
         calls.spawn(async move {
             let response = client().get(&url).send().await.ok()?;
@@ -424,6 +419,15 @@ async fn sigterm_with_requests_in_flight_leaves_every_issued_credential_on_disk(
             body["ephemeralToken"].as_str().map(str::to_owned)
         });
     }
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_requests_in_flight_leaves_every_issued_credential_on_disk() {
+    let upstream = slow_mock_upstream(Duration::from_millis(50)).await;
+    let path = audit_path();
+    let proxy = proxy(&upstream, path.to_str().unwrap());
+    let calls = requests_at_once(&proxy, 200);
     tokio::time::sleep(Duration::from_millis(150)).await;
     proxy.signal("TERM");
     let issued: Vec<String> = calls.join_all().await.into_iter().flatten().collect();
@@ -445,16 +449,11 @@ async fn sigkill_right_after_the_answers_loses_no_record() {
     let upstream = spawn_mock_upstream(MockOptions::default()).await;
     let path = audit_path();
     let proxy = proxy(&upstream, path.to_str().unwrap());
-    let url = proxy.credentials_url();
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..50 {
-        let url = url.clone();
-        calls.spawn(async move {
-            let body = issued(client().get(&url).send().await.unwrap()).await;
-            body["ephemeralToken"].as_str().unwrap().to_owned()
-        });
-    }
-    let issued: Vec<String> = calls.join_all().await;
+    let calls = requests_at_once(&proxy, 50).join_all().await;
+    let issued: Vec<String> = calls
+        .into_iter()
+        .map(|token| token.expect("every request is answered 200"))
+        .collect();
     // No drain, no flush on the way out: what was acknowledged must already be written.
     proxy.signal("KILL");
     let _ = proxy.stop();
