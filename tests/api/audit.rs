@@ -5,7 +5,9 @@
 //! credential issued is in the file exactly once.
 
 use crate::auth::{HS_SECRET, hs256};
-use crate::cli::{Proxy, command, run, serving_test_config_against, tempdir};
+use crate::cli::{
+    Proxy, command, refused_configuration, run, serving_test_config_against, tempdir,
+};
 use crate::helpers::*;
 use orga_proxy::clock::Clock;
 use orga_proxy::config::{AuditSink, AuthMode, Config, TrustedProxies};
@@ -525,8 +527,7 @@ fn a_sink_that_cannot_be_written_or_settings_that_cannot_work_do_not_start() {
         )
         .env("ORGA_PROXY_AUDIT__CLAIMS", "org_id")
         .env("ORGA_PROXY_QUOTA__PER_SUBJECT_PER_DAY", "100"));
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_configuration(&output);
     for key in [
         "audit.sink (ORGA_PROXY_AUDIT__SINK): the directory /nonexistent-orga-proxy does not exist",
         "audit.claims (ORGA_PROXY_AUDIT__CLAIMS)",

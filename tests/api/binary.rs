@@ -43,6 +43,18 @@ pub(crate) fn run(mut command: impl std::borrow::BorrowMut<Command>) -> Output {
     command.stdin(Stdio::null()).output().expect("binary runs")
 }
 
+/// The stderr of a run that refused its configuration, asserting that it did (exit 2).
+pub(crate) fn refused_configuration(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+/// The problem lines of such a stderr: one per problem, indented by two spaces.
+pub(crate) fn problem_lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.starts_with("  ")).collect()
+}
+
 /// `serve` against `upstream` with only `ORGA_API_KEY` set, on a free port: what a new
 /// user starts with.
 pub(crate) fn serving_against(upstream: &str) -> Command {

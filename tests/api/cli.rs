@@ -3,7 +3,8 @@
 //! trace level, and text logs without colour codes in a pipe.
 
 pub(crate) use crate::binary::{
-    Proxy, command, run, serving_against, serving_test_config_against, spawn_piped,
+    Proxy, command, problem_lines, refused_configuration, run, serving_against,
+    serving_test_config_against, spawn_piped,
 };
 use crate::helpers::*;
 use orga_proxy::orga::mock::MockOptions;
@@ -20,8 +21,7 @@ fn a_bad_configuration_exits_2_with_one_line_per_problem_naming_key_and_env_var(
             "https://ok.example,https://bad.example/",
         )
         .env("ORGA_USER_EMAIL", "not-an-email"));
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_configuration(&output);
     assert!(
         stderr.contains("server.request_timeout (ORGA_PROXY_SERVER__REQUEST_TIMEOUT)"),
         "{stderr}"
@@ -38,8 +38,7 @@ fn a_bad_configuration_exits_2_with_one_line_per_problem_naming_key_and_env_var(
             "https://ok.example,https://bad.example/",
         )
         .env("ORGA_USER_EMAIL", "not-an-email"));
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_configuration(&output);
     for expected in [
         "orga.api_key (ORGA_PROXY_ORGA__API_KEY or ORGA_API_KEY or ORGA_API_KEY_FILE): required",
         "orga.user_email (ORGA_PROXY_ORGA__USER_EMAIL or ORGA_USER_EMAIL)",
@@ -50,16 +49,14 @@ fn a_bad_configuration_exits_2_with_one_line_per_problem_naming_key_and_env_var(
             "missing {expected:?} in:\n{stderr}"
         );
     }
-    let problem_lines = stderr.lines().filter(|l| l.starts_with("  ")).count();
-    assert_eq!(problem_lines, 3, "{stderr}");
+    assert_eq!(problem_lines(&stderr).len(), 3, "{stderr}");
 }
 
 #[test]
 fn a_bad_tokio_worker_threads_value_exits_2_instead_of_panicking() {
     for bad in ["abc", "0", "-1"] {
         let output = run(command(&["check-config"]).env("TOKIO_WORKER_THREADS", bad));
-        assert_eq!(output.status.code(), Some(2), "{bad}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = refused_configuration(&output);
         assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
@@ -79,8 +76,7 @@ fn an_unknown_key_in_the_toml_file_is_named() {
         "--config",
         file.to_str().unwrap(),
     ]));
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_configuration(&output);
     assert!(stderr.contains("server.credential_path"), "{stderr}");
     assert!(stderr.contains("unknown key"), "{stderr}");
 }
@@ -92,8 +88,7 @@ fn a_missing_config_file_exits_2_naming_it() {
         "--config",
         "/nonexistent/orga.toml",
     ]));
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_configuration(&output);
     assert!(
         stderr.contains("/nonexistent/orga.toml") && stderr.contains("cannot read"),
         "{stderr}"
@@ -107,10 +102,9 @@ fn a_toml_syntax_error_is_one_line_with_its_position_and_never_the_secret_on_it(
     let text = "[orga]\nuser_email = \"a@example.com\"\napi_key = \"sk_orga_ai_CANARY_SECRET\n";
     std::fs::write(&file, text).unwrap();
     let output = run(command(&["check-config"]).env("ORGA_PROXY_CONFIG", &file));
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_configuration(&output);
     assert!(!stderr.contains("CANARY"), "the secret leaked: {stderr}");
-    let problems: Vec<_> = stderr.lines().filter(|l| l.starts_with("  ")).collect();
+    let problems = problem_lines(&stderr);
     assert_eq!(problems.len(), 1, "{stderr}");
     assert!(
         problems[0].contains("TOML syntax error at line 3"),
@@ -128,8 +122,7 @@ fn an_unknown_section_is_named_once() {
         "--config",
         file.to_str().unwrap(),
     ]));
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_configuration(&output);
     assert!(
         stderr.contains("  ratelimit (ORGA_PROXY_RATELIMIT): unknown key"),
         "{stderr}"
@@ -141,8 +134,7 @@ fn a_variable_with_one_underscore_too_many_is_an_unknown_key_not_a_crash() {
     let output = run(command(&["check-config"])
         .env("ORGA_API_KEY", "sk_orga_ai_x")
         .env("ORGA_PROXY___MODE", "api_key"));
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_configuration(&output);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(
         stderr.contains("(ORGA_PROXY___MODE): unknown key"),
@@ -169,8 +161,7 @@ fn both_api_key_and_api_key_file_is_a_conflict() {
         .env("ORGA_API_KEY", "sk_orga_ai_b")
         .env("ORGA_API_KEY_FILE", &key_file)
         .env("ORGA_USER_EMAIL", "a@example.com"));
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("set only one"));
+    assert!(refused_configuration(&output).contains("set only one"));
 }
 
 #[test]
@@ -393,7 +384,7 @@ fn a_variable_that_is_not_utf8_does_not_start_and_names_its_key() {
     );
     assert!(!stderr.contains("canary"), "{stderr}");
     assert_eq!(
-        stderr.lines().filter(|l| l.starts_with("  ")).count(),
+        problem_lines(&stderr).len(),
         1,
         "one problem, not also \"required\": {stderr}"
     );

@@ -2,7 +2,7 @@
 //! `check-config`, while the subject does reach the request's log line.
 
 use super::HS_SECRET;
-use crate::cli::{Proxy, command, run};
+use crate::cli::{Proxy, command, refused_configuration, run};
 use crate::helpers::{client, spawn_mock_upstream};
 use orga_proxy::orga::mock::MockOptions;
 
@@ -77,8 +77,7 @@ fn auth_problems_exit_2_naming_key_and_variable_without_the_secret() {
         .env("ORGA_USER_EMAIL", "dev@example.com")
         .env("ORGA_PROXY_AUTH__MODE", "jwt")
         .env("ORGA_PROXY_AUTH__JWT__SECRET", "canary-short"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let stderr = refused_configuration(&output);
     assert!(
         stderr.contains("auth.jwt.secret (ORGA_PROXY_AUTH__JWT__SECRET): too short"),
         "{stderr}"
