@@ -4,7 +4,7 @@
 //! on SIGTERM.
 
 use crate::binary::{Proxy, serving_test_config_against};
-use crate::gated_upstream::{GatedUpstream, hold_a_request};
+use crate::gated_upstream::{GatedUpstream, binary_against, hold_a_request, hold_a_request_to};
 use crate::helpers::*;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -181,15 +181,9 @@ async fn a_client_that_sent_half_a_request_does_not_keep_the_server_alive() {
 #[tokio::test]
 async fn the_binary_drains_and_exits_0_on_sigterm() {
     let upstream = GatedUpstream::start().await;
-    let mut proxy = Proxy::start(
-        serving_test_config_against(&upstream.url)
-            .env("ORGA_PROXY_SERVER__SHUTDOWN_TIMEOUT", "30s"),
-    );
+    let mut proxy = binary_against(&upstream);
     let addr: SocketAddr = proxy.addr.parse().unwrap();
-
-    let (client, url) = (client(), proxy.credentials_url());
-    let in_flight = tokio::spawn(async move { client.get(url).send().await });
-    upstream.arrived().await;
+    let in_flight = hold_a_request_to(proxy.credentials_url(), &upstream).await;
 
     proxy.signal("TERM");
     assert!(

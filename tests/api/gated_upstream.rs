@@ -1,7 +1,8 @@
 //! A fake Orga Cloud that holds every client-secrets call until the test lets it go,
 //! so tests can act while a request is provably in flight, without sleeping.
 
-use crate::helpers::TestApp;
+use crate::binary::{Proxy, serving_test_config_against};
+use crate::helpers::{TestApp, client};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -70,15 +71,29 @@ impl GatedUpstream {
     }
 }
 
+/// A request held by the fake: the answer it gets once released.
+pub type InFlight = tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>;
+
 /// Starts a credentials request on `app` and returns once `upstream` holds it.
-pub async fn hold_a_request(
-    app: &TestApp,
-    upstream: &GatedUpstream,
-) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
-    let (client, url) = (app.client.clone(), app.url(&app.credentials_path));
-    let in_flight = tokio::spawn(async move { client.get(url).send().await });
+pub async fn hold_a_request(app: &TestApp, upstream: &GatedUpstream) -> InFlight {
+    hold_a_request_to(app.url(&app.credentials_path), upstream).await
+}
+
+/// Starts a `GET url` (a credentials route in front of `upstream`) and returns once
+/// `upstream` holds it.
+pub async fn hold_a_request_to(url: String, upstream: &GatedUpstream) -> InFlight {
+    let in_flight = tokio::spawn(async move { client().get(url).send().await });
     upstream.arrived().await;
     in_flight
+}
+
+/// The binary serving against `upstream`, with a drain deadline (30 s) that no held
+/// request reaches before the test releases it.
+pub fn binary_against(upstream: &GatedUpstream) -> Proxy {
+    Proxy::start(
+        serving_test_config_against(&upstream.url)
+            .env("ORGA_PROXY_SERVER__SHUTDOWN_TIMEOUT", "30s"),
+    )
 }
 
 async fn client_secrets(State(shared): State<Shared>) -> axum::Json<serde_json::Value> {

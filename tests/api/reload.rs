@@ -4,7 +4,7 @@
 //! changes (API keys, origins, rate-limit numbers).
 
 use crate::binary::{Proxy, command, serving_test_config_against};
-use crate::gated_upstream::GatedUpstream;
+use crate::gated_upstream::{GatedUpstream, binary_against, hold_a_request_to};
 use crate::helpers::*;
 use orga_proxy::config::RateLimitConfig;
 use orga_proxy::orga::mock::MockOptions;
@@ -167,19 +167,14 @@ async fn an_invalid_configuration_on_sighup_is_refused_and_the_running_one_kept(
 #[tokio::test]
 async fn sigusr1_is_ignored_and_sigquit_drains_like_sigterm() {
     let upstream = GatedUpstream::start().await;
-    let mut proxy = Proxy::start(
-        serving_test_config_against(&upstream.url)
-            .env("ORGA_PROXY_SERVER__SHUTDOWN_TIMEOUT", "30s"),
-    );
+    let mut proxy = binary_against(&upstream);
     proxy.signal("USR1");
     proxy.wait_for_log("SIGUSR1 ignored", 1);
     let health = format!("http://{}/healthz", proxy.addr);
     assert_eq!(client().get(&health).send().await.unwrap().status(), 200);
     assert!(proxy.is_running());
 
-    let url = proxy.credentials_url();
-    let in_flight = tokio::spawn(async move { client().get(url).send().await });
-    upstream.arrived().await;
+    let in_flight = hold_a_request_to(proxy.credentials_url(), &upstream).await;
     proxy.signal("QUIT");
     proxy.wait_for_log("draining in-flight requests", 1);
     assert!(proxy.is_running(), "the request in flight is waited for");
