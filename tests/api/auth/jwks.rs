@@ -14,13 +14,22 @@ use orga_proxy::readiness::Readiness;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-async fn app_for(idp: &JwksServer) -> TestApp {
+/// The proxy in jwt mode with keys from `idp`, its `[auth.jwt]` adjusted by `customize`.
+async fn app_with_jwks(idp: &JwksServer, customize: impl FnOnce(&mut JwtConfig)) -> TestApp {
     let url = idp.url.parse().expect("a loopback JWKS URL");
     spawn_app_with(move |config| {
         config.auth.mode = AuthMode::Jwt;
         config.auth.jwt.jwks_url = Some(url);
+        customize(&mut config.auth.jwt);
     })
     .await
+}
+
+/// The proxy in jwt mode with keys from `idp`, once it has loaded them.
+async fn ready_app_for(idp: &JwksServer) -> TestApp {
+    let app = app_with_jwks(idp, |_| {}).await;
+    wait_until_ready(&app).await;
+    app
 }
 
 async fn accepted(app: &TestApp, key: &TestKey, kid: &str) -> bool {
@@ -37,8 +46,7 @@ async fn rs256_es256_and_eddsa_tokens_from_the_jwks_are_accepted() {
         ed.jwk_with_kid("ed"),
     ])
     .await;
-    let app = app_for(&idp).await;
-    wait_until_ready(&app).await;
+    let app = ready_app_for(&idp).await;
     assert!(accepted(&app, &rsa, "rsa").await, "RS256");
     assert!(accepted(&app, &ec, "ec").await, "ES256");
     assert!(accepted(&app, &ed, "ed").await, "EdDSA");
@@ -48,8 +56,7 @@ async fn rs256_es256_and_eddsa_tokens_from_the_jwks_are_accepted() {
 async fn a_token_signed_by_a_key_not_in_the_jwks_is_refused() {
     let (published, other) = (ec_key(), ec_key());
     let idp = JwksServer::start(vec![published.jwk_with_kid("k1")]).await;
-    let app = app_for(&idp).await;
-    wait_until_ready(&app).await;
+    let app = ready_app_for(&idp).await;
     // Same kid, another key: the signature cannot verify.
     let message =
         assert_unauthorized(get_with_bearer(&app, &other.sign("k1", &claims("u"))).await).await;
@@ -60,8 +67,7 @@ async fn a_token_signed_by_a_key_not_in_the_jwks_is_refused() {
 async fn a_new_kid_after_key_rotation_is_accepted_without_restart() {
     let (old, new) = (rsa_key(), ec_key());
     let idp = JwksServer::start(vec![old.jwk_with_kid("2024")]).await;
-    let app = app_for(&idp).await;
-    wait_until_ready(&app).await;
+    let app = ready_app_for(&idp).await;
     assert!(accepted(&app, &old, "2024").await);
 
     idp.publish(vec![new.jwk_with_kid("2025")]);
@@ -71,16 +77,11 @@ async fn a_new_kid_after_key_rotation_is_accepted_without_restart() {
     );
 }
 
-/// As [`app_for`], retrying at most a second apart while no key is loaded, so a test
-/// sees the recovery soon.
+/// The proxy in jwt mode with keys from `idp`, retrying at most a second apart while no
+/// key is loaded, so a test sees the recovery soon. It does not wait for the keys: the
+/// provider may be down from the start.
 async fn quick_retry_app_for(idp: &JwksServer) -> TestApp {
-    let url = idp.url.parse().expect("a loopback JWKS URL");
-    spawn_app_with(move |config| {
-        config.auth.mode = AuthMode::Jwt;
-        config.auth.jwt.jwks_url = Some(url);
-        config.auth.jwt.jwks_min_refresh = Duration::from_secs(1);
-    })
-    .await
+    app_with_jwks(idp, |jwt| jwt.jwks_min_refresh = Duration::from_secs(1)).await
 }
 
 /// A token naming a `kid` nobody published: the proxy refetches the JWKS at once (the
@@ -106,8 +107,7 @@ async fn a_key_dropped_from_the_jwks_is_refused_after_the_next_refresh() {
         dropped.jwk_with_kid("dropped"),
     ])
     .await;
-    let app = app_for(&idp).await;
-    wait_until_ready(&app).await;
+    let app = ready_app_for(&idp).await;
     assert!(accepted(&app, &dropped, "dropped").await);
 
     idp.publish(vec![kept.jwk_with_kid("kept")]);
@@ -170,8 +170,7 @@ async fn a_jwks_with_no_usable_key_revokes_every_key_too() {
 async fn a_malformed_jwks_answer_keeps_the_cached_keys() {
     let key = ec_key();
     let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
-    let app = app_for(&idp).await;
-    wait_until_ready(&app).await;
+    let app = ready_app_for(&idp).await;
 
     // A 200 whose JSON has no `keys` array is a failed fetch, not a statement that the
     // keys are gone (the parser's unit tests cover the other malformed shapes).
@@ -187,8 +186,7 @@ async fn a_malformed_jwks_answer_keeps_the_cached_keys() {
 async fn fifty_concurrent_unknown_kids_cause_at_most_one_jwks_fetch() {
     let key = ec_key();
     let idp = JwksServer::start(vec![key.jwk_with_kid("real")]).await;
-    let app = Arc::new(app_for(&idp).await);
-    wait_until_ready(&app).await;
+    let app = Arc::new(ready_app_for(&idp).await);
     let before = idp.hits();
 
     let requests = (0..50).map(|i| {
@@ -240,8 +238,7 @@ async fn jwks_down_at_start_keeps_readiness_503_and_refuses_every_token() {
 async fn jwks_down_later_keeps_the_cached_keys_working() {
     let key = rsa_key();
     let idp = JwksServer::start(vec![key.jwk_with_kid("k")]).await;
-    let app = app_for(&idp).await;
-    wait_until_ready(&app).await;
+    let app = ready_app_for(&idp).await;
 
     idp.set_failing(true);
     let before = idp.hits();
