@@ -12,7 +12,7 @@
 use crate::audit::{AuditRecord, Caller};
 use crate::error::ApiError;
 use crate::metrics::{RELAY_CALLS, RELAY_POLICY_VIOLATIONS, RELAY_TOKEN_REFUSALS};
-use crate::orga::{Call, EphemeralToken, OrgaError};
+use crate::orga::EphemeralToken;
 use crate::relay::binding::Redeemed;
 use crate::relay::call::{self, CallAnswer};
 use crate::relay::policy::Action;
@@ -187,14 +187,6 @@ async fn relay(
         .start_call(&caller.token, &start, deadline)
         .await
         .map_err(|error| ApiError::from(&error))?;
-    if let Err(reason) = answer.validate() {
-        let error = OrgaError::Malformed {
-            call: Call::StartCall,
-            reason,
-        };
-        error.report();
-        return Err(ApiError::from(&error));
-    }
     facts.conversation_id = Some(answer.conversation_id.clone());
     let mut response = Json(answer).into_response();
     response

@@ -5,15 +5,15 @@
 
 use super::breaker::{CircuitBreaker, CircuitState, Permit};
 use super::error::{Call, OrgaError};
-use super::types::{ClientSecret, EphemeralToken, IceServer, SessionCredentials};
+use super::types::{ClientSecret, EphemeralToken, IceConfig, SessionCredentials, UpstreamAnswer};
 use crate::clock::Clock;
 use crate::config::OrgaConfig;
 use crate::metrics::{CIRCUIT_REJECTED, UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES};
 use crate::outbound::{self, ReadError};
 use crate::secret::Secret;
+use arc_swap::ArcSwap;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
-use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -33,8 +33,9 @@ pub struct OrgaClient {
 }
 
 struct Inner {
-    /// The shared outbound client.
-    http: reqwest::Client,
+    /// The shared outbound client, until an answer that could not be used retires it
+    /// (see [`OrgaClient::retire_connections`]).
+    http: ArcSwap<reqwest::Client>,
     /// `POST` target, with the encoded `email` query when `orga.user_email` is set.
     client_secrets_url: Url,
     ice_config_url: Url,
@@ -60,7 +61,7 @@ impl OrgaClient {
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                http,
+                http: ArcSwap::from_pointee(http),
                 client_secrets_url,
                 ice_config_url: config.base_url.endpoint("/v1/realtime/ice-config"),
                 calls_url: config.base_url.endpoint("/v1/realtime/calls"),
@@ -118,7 +119,7 @@ impl OrgaClient {
     /// counts against Orga's health here: a 5xx or a malformed answer may come from the
     /// client's own SDP, and no outcome of a caller's call start proves Orga can mint
     /// tokens, so none closes the circuit either.
-    pub async fn start_call<T: DeserializeOwned>(
+    pub async fn start_call<T: UpstreamAnswer>(
         &self,
         token: &EphemeralToken,
         body: &impl serde::Serialize,
@@ -126,8 +127,7 @@ impl OrgaClient {
     ) -> Result<T, OrgaError> {
         let call = Call::StartCall;
         let request = self
-            .inner
-            .http
+            .http()
             .request(Method::POST, self.inner.calls_url.clone())
             .header(AUTHORIZATION, token.bearer())
             .json(body);
@@ -177,8 +177,7 @@ impl OrgaClient {
             self.inner.timeout,
             |timeout| {
                 let request = self
-                    .inner
-                    .http
+                    .http()
                     .request(Method::POST, self.inner.client_secrets_url.clone())
                     .header(AUTHORIZATION, self.api_key_bearer())
                     .header(CONTENT_TYPE, "application/json");
@@ -186,35 +185,34 @@ impl OrgaClient {
             },
         )
         .await?;
-        secret.validate().map_err(|reason| OrgaError::Malformed {
-            call: Call::ClientSecret,
-            reason,
-        })?;
-        #[derive(serde::Deserialize)]
-        struct IceConfig {
-            #[serde(rename = "iceServers")]
-            ice_servers: Vec<IceServer>,
-        }
         let ice: IceConfig = with_retry(Call::IceConfig, deadline, self.inner.timeout, |timeout| {
             let request = self
-                .inner
-                .http
+                .http()
                 .request(Method::GET, self.inner.ice_config_url.clone())
                 .header(AUTHORIZATION, secret.ephemeral_token.bearer());
             self.exchange(Call::IceConfig, request, timeout)
         })
         .await?;
-        for server in &ice.ice_servers {
-            server.validate().map_err(|reason| OrgaError::Malformed {
-                call: Call::IceConfig,
-                reason,
-            })?;
-        }
         Ok(SessionCredentials {
             ephemeral_token: secret.ephemeral_token,
             ice_servers: ice.ice_servers,
             expires_at: secret.expires_at,
         })
+    }
+
+    fn http(&self) -> Arc<reqwest::Client> {
+        self.inner.http.load_full()
+    }
+
+    /// Closes the connection an unusable answer came on, so it is never reused: its
+    /// framing may be what went wrong. reqwest cannot close one pooled connection, so
+    /// the client is replaced by one with the same settings and an empty pool; the old
+    /// pool's connections close as the requests still using them end.
+    fn retire_connections(&self) {
+        match outbound::client() {
+            Ok(fresh) => self.inner.http.store(Arc::new(fresh)),
+            Err(error) => tracing::error!(%error, "cannot replace the outbound client"),
+        }
     }
 
     fn api_key_bearer(&self) -> HeaderValue {
@@ -226,8 +224,8 @@ impl OrgaClient {
     }
 
     /// One attempt of `call`: send, check the status, read at most
-    /// [`MAX_UPSTREAM_BODY`] and parse it, all within `timeout`.
-    async fn exchange<T: DeserializeOwned>(
+    /// [`MAX_UPSTREAM_BODY`], parse and check it, all within `timeout`.
+    async fn exchange<T: UpstreamAnswer>(
         &self,
         call: Call,
         request: RequestBuilder,
@@ -265,9 +263,12 @@ impl OrgaClient {
                 },
                 ReadError::Transport(e) => transport_failure(call, &e),
             })?;
-        serde_json::from_slice(&body).map_err(|e| OrgaError::Malformed {
-            call,
-            reason: format!("not the documented JSON ({})", json_problem(&e)),
+        let answer = serde_json::from_slice::<T>(&body)
+            .map_err(|e| format!("not the documented JSON ({})", json_problem(&e)))
+            .and_then(|answer| answer.check().map(|()| answer));
+        answer.map_err(|reason| {
+            self.retire_connections();
+            OrgaError::Malformed { call, reason }
         })
     }
 }

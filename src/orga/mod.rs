@@ -12,4 +12,5 @@ pub use client::OrgaClient;
 pub use error::{Call, OrgaError};
 pub use types::{
     ClientSecret, EphemeralToken, Expiry, Fingerprint, IceServer, IceUrls, SessionCredentials,
+    UpstreamAnswer,
 };

@@ -2,8 +2,15 @@
 //! credentials are redacted from every `Debug` print.
 
 use reqwest::header::HeaderValue;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// An answer from Orga: JSON that parses as `Self`, then passes [`Self::check`].
+pub trait UpstreamAnswer: DeserializeOwned {
+    /// Why the parsed answer is still unusable, if it is.
+    fn check(&self) -> Result<(), String>;
+}
 
 /// Longest ephemeral token accepted from upstream; it travels in a header.
 const MAX_TOKEN_LEN: usize = 4096;
@@ -92,8 +99,8 @@ pub struct ClientSecret {
     pub expires_at: Option<Expiry>,
 }
 
-impl ClientSecret {
-    pub(crate) fn validate(&self) -> Result<(), String> {
+impl UpstreamAnswer for ClientSecret {
+    fn check(&self) -> Result<(), String> {
         let token = self.ephemeral_token.expose();
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err("ephemeral_token is empty or too long".into());
@@ -180,8 +187,22 @@ impl<'de> Deserialize<'de> for IceUrls {
     }
 }
 
+/// The ice-config answer.
+#[derive(Deserialize)]
+pub(crate) struct IceConfig {
+    /// The STUN/TURN servers, passed on as they came.
+    #[serde(rename = "iceServers")]
+    pub ice_servers: Vec<IceServer>,
+}
+
+impl UpstreamAnswer for IceConfig {
+    fn check(&self) -> Result<(), String> {
+        self.ice_servers.iter().try_for_each(IceServer::validate)
+    }
+}
+
 impl IceServer {
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         let urls: Vec<&str> = match &self.urls {
             IceUrls::One(u) => vec![u.as_str()],
             IceUrls::Many(us) => us.iter().map(String::as_str).collect(),

@@ -363,9 +363,9 @@ pub struct Answer {
     pub sdp: String,
 }
 
-impl CallAnswer {
+impl crate::orga::UpstreamAnswer for CallAnswer {
     /// Whether the answer can start the call and its id is fit for a log line.
-    pub fn validate(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), String> {
         if self.answer.kind != "answer" {
             return Err("answer.type is not \"answer\"".into());
         }

@@ -2,6 +2,7 @@
 //! named, nothing quoted, and Orga's answer checked.
 
 use super::*;
+use crate::orga::UpstreamAnswer;
 use serde_json::json;
 
 const SDP: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
@@ -161,9 +162,9 @@ fn an_answer_must_be_an_sdp_answer_with_a_plain_conversation_id() {
         },
         conversation_id: id.into(),
     };
-    assert!(answer("answer", SDP, "conv_1").validate().is_ok());
-    assert!(answer("offer", SDP, "conv_1").validate().is_err());
-    assert!(answer("answer", "", "conv_1").validate().is_err());
-    assert!(answer("answer", SDP, "").validate().is_err());
-    assert!(answer("answer", SDP, "conv 1\n").validate().is_err());
+    assert!(answer("answer", SDP, "conv_1").check().is_ok());
+    assert!(answer("offer", SDP, "conv_1").check().is_err());
+    assert!(answer("answer", "", "conv_1").check().is_err());
+    assert!(answer("answer", SDP, "").check().is_err());
+    assert!(answer("answer", SDP, "conv 1\n").check().is_err());
 }

@@ -3,8 +3,7 @@
 use crate::helpers::*;
 use orga_proxy::orga::mock::MockOptions;
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -165,26 +164,6 @@ async fn a_fresh_clone_with_only_orga_api_key_set_serves_credentials() {
     );
     let (status, logs) = proxy.stop();
     assert_eq!(status, Some(0), "{logs}");
-}
-
-/// A TCP relay to `upstream` that counts the connections made through it.
-async fn counting_relay(upstream: String) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let target = upstream.trim_start_matches("http://").to_owned();
-    let opened = Arc::new(AtomicUsize::new(0));
-    let count = opened.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let target = target.clone();
-            tokio::spawn(async move {
-                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            });
-        }
-    });
-    (format!("http://{addr}"), opened)
 }
 
 #[tokio::test]

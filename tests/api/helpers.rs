@@ -5,6 +5,8 @@ use orga_proxy::config::{AllowedOrigins, ApiKeyList, Config};
 use orga_proxy::orga::mock::{self, MockOptions};
 use orga_proxy::secret::Secret;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -293,4 +295,24 @@ pub fn find_tool(name: &str, test: &str, install: &str) -> Option<std::path::Pat
         );
     }
     found
+}
+
+/// A TCP relay to `upstream` that counts the connections made through it.
+pub async fn counting_relay(upstream: String) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let target = upstream.trim_start_matches("http://").to_owned();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let count = opened.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), opened)
 }

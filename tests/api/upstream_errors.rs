@@ -207,6 +207,27 @@ async fn malformed_json_is_502_upstream_error() {
 }
 
 #[tokio::test]
+async fn a_connection_whose_answer_could_not_be_used_is_never_reused() {
+    // Bad JSON, then JSON without a usable token: the connection each came on is closed.
+    for answer in [
+        ResponseTemplate::new(200).set_body_string("{not json"),
+        ResponseTemplate::new(200).set_body_json(json!({"ephemeral_token": ""})),
+    ] {
+        let upstream = scripted_upstream(answer, None).await;
+        let (relay, opened) = counting_relay(upstream.uri()).await;
+        let app = spawn_app_against(&relay, |_| {}).await;
+        for _ in 0..3 {
+            assert_eq!(outcome(&app).await.1, "upstream_error");
+        }
+        assert_eq!(
+            opened.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "a fresh connection after each unusable answer"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_token_missing_from_the_answer_is_502_upstream_error() {
     let upstream = scripted_upstream(
         ResponseTemplate::new(200).set_body_json(json!({"token": "x"})),

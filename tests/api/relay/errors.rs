@@ -148,3 +148,23 @@ async fn failed_call_starts_never_open_the_circuit_for_the_credentials_route() {
     assert_eq!(ready["upstream_circuit"], "closed");
     assert_eq!(relay.app.get_credentials().await.status(), 200);
 }
+
+#[tokio::test]
+async fn the_connection_an_unusable_call_answer_came_on_is_never_reused() {
+    let not_an_answer =
+        json!({"answer": {"type": "offer", "sdp": ANSWER_SDP}, "conversation_id": "c1"});
+    let orga = recording_orga(
+        ResponseTemplate::new(200).set_body_json(not_an_answer),
+        Some(600),
+    )
+    .await;
+    let (counted, opened) = counting_relay(orga.uri()).await;
+    let app = spawn_app_against(&counted, |c| c.relay.enabled = true).await;
+    let token = token_from(&app).await;
+    let status = start(&app, &token, &sdk_body(OFFER_SDP)).await.status();
+    assert_eq!(status, 502);
+    let _ = token_from(&app).await;
+    // The token's two calls and the call start shared one connection; the next token
+    // needs a new one.
+    assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
