@@ -104,7 +104,20 @@ impl OrgaClient {
         &self,
         deadline: Instant,
     ) -> Result<SessionCredentials, OrgaError> {
-        let result = self.guarded(self.fetch_credentials(deadline)).await;
+        // Awaited in place, not through a wrapper (see `observe`).
+        let result = match self.admit() {
+            Ok(permit) => {
+                let result = self.fetch_credentials(deadline).await;
+                permit.record(
+                    result
+                        .as_ref()
+                        .err()
+                        .is_some_and(OrgaError::is_upstream_failure),
+                );
+                result
+            }
+            Err(open) => Err(open),
+        };
         if let Err(error) = &result {
             error.report();
         }
@@ -133,7 +146,9 @@ impl OrgaClient {
             .json(body);
         let timeout = left_before(deadline, self.inner.timeout);
         let permit = self.admit()?;
-        let result = timed(call, self.exchange(call, request, timeout)).await;
+        let started = Instant::now();
+        let result = self.exchange(call, request, timeout).await;
+        observe(call, started, &result);
         match &result {
             Err(error @ (OrgaError::Transport { .. } | OrgaError::Timeout { .. })) => {
                 permit.record(true);
@@ -152,22 +167,6 @@ impl OrgaClient {
             metrics::counter!(CIRCUIT_REJECTED).increment(1);
             OrgaError::CircuitOpen { retry_after }
         })
-    }
-
-    /// Runs `work` behind the circuit breaker, recording whether it showed Orga unhealthy.
-    async fn guarded<T>(
-        &self,
-        work: impl Future<Output = Result<T, OrgaError>>,
-    ) -> Result<T, OrgaError> {
-        let permit = self.admit()?;
-        let result = work.await;
-        permit.record(
-            result
-                .as_ref()
-                .err()
-                .is_some_and(OrgaError::is_upstream_failure),
-        );
-        result
     }
 
     async fn fetch_credentials(&self, deadline: Instant) -> Result<SessionCredentials, OrgaError> {
@@ -394,7 +393,10 @@ where
 {
     let mut retried = false;
     loop {
-        let error = match timed(call, attempt(left_before(deadline, timeout))).await {
+        let started = Instant::now();
+        let result = attempt(left_before(deadline, timeout)).await;
+        observe(call, started, &result);
+        let error = match result {
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
@@ -407,14 +409,10 @@ where
     }
 }
 
-/// Runs one attempt, recording its latency (metrics and the request's log line) and
-/// its error kind.
-async fn timed<T>(
-    call: Call,
-    attempt: impl Future<Output = Result<T, OrgaError>>,
-) -> Result<T, OrgaError> {
-    let started = Instant::now();
-    let result = attempt.await;
+/// Records one attempt that began at `started`: its latency (metrics and the request's
+/// log line) and its error kind. Called after awaiting the attempt in place: a wrapper
+/// taking the attempt's future by value would store it twice (rust-lang/rust#62958).
+fn observe<T>(call: Call, started: Instant, result: &Result<T, OrgaError>) {
     let elapsed = started.elapsed();
     let outcome = if result.is_ok() { "ok" } else { "error" };
     metrics::histogram!(UPSTREAM_DURATION, "call" => call.as_str(), "outcome" => outcome)
@@ -424,7 +422,6 @@ async fn timed<T>(
         metrics::counter!(UPSTREAM_ERRORS, "call" => call.as_str(), "kind" => error.kind())
             .increment(1);
     }
-    result
 }
 
 /// What kind of JSON problem, without serde_json's message (which may quote the body).
