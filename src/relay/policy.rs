@@ -1,7 +1,8 @@
 //! The session policy (`[relay.policy]`) applied to a call start's `params`.
 //!
 //! - An unset key allows anything for its parameter.
-//! - A set key with the parameter not sent: the policy's default is sent (the first
+//! - A set key with the parameter not sent (or, for modalities, an empty list): the
+//!   policy's default is sent (the first
 //!   allowed model or voice, the policy's modalities, the SDK's default temperature 0.5
 //!   clamped into the range), because "not sent" means Orga's default, which the policy
 //!   cannot vouch for. Not a violation.
@@ -223,21 +224,30 @@ fn one_of(value: &mut Option<String>, allowed: &[String]) -> Option<Action> {
 fn modalities(value: &mut Option<Vec<String>>, allowed: &[Modality]) -> Action {
     let is_allowed = |name: &str| allowed.iter().any(|m| m.as_str() == name);
     let policy_list = || allowed.iter().map(|m| m.as_str().to_owned()).collect();
-    match value {
-        None => {
+    // An empty list asks for nothing, so Orga would apply its own default: the same as
+    // not sending the parameter.
+    let asked = match value {
+        Some(asked) if !asked.is_empty() => asked,
+        _ => {
             *value = Some(policy_list());
-            Action::Defaulted
+            return Action::Defaulted;
         }
-        Some(asked) if asked.iter().all(|m| is_allowed(m)) => Action::Kept,
-        Some(asked) => {
-            asked.retain(|m| is_allowed(m));
-            asked.dedup();
-            if asked.is_empty() {
-                *asked = policy_list();
-            }
-            Action::Overridden
+    };
+    let mut seen = Vec::with_capacity(asked.len());
+    asked.retain(|m| {
+        !seen.contains(m) && {
+            seen.push(m.clone());
+            true
         }
+    });
+    if asked.iter().all(|m| is_allowed(m)) {
+        return Action::Kept;
     }
+    asked.retain(|m| is_allowed(m));
+    if asked.is_empty() {
+        *asked = policy_list();
+    }
+    Action::Overridden
 }
 
 #[cfg(test)]
@@ -372,6 +382,28 @@ mod tests {
         };
         p.apply(&mut params).unwrap();
         assert_eq!(params.modalities, Some(vec!["video".to_owned()]));
+    }
+
+    #[test]
+    fn an_empty_modalities_list_gets_the_policys_like_a_missing_one_and_repeats_go() {
+        for mode in [OnViolation::Refuse, OnViolation::Override] {
+            let p = policy(mode, |c| {
+                c.modalities = Modalities(vec![Modality::Audio]);
+            });
+            let mut params = Params {
+                modalities: Some(Vec::new()),
+                ..sdk_params()
+            };
+            let decisions = p.apply(&mut params).unwrap();
+            assert_eq!(params.modalities, Some(vec!["audio".to_owned()]));
+            assert_eq!(decisions.to_string(), "modalities=defaulted");
+            let mut params = Params {
+                modalities: Some(vec!["audio".into(), "audio".into()]),
+                ..sdk_params()
+            };
+            p.apply(&mut params).unwrap();
+            assert_eq!(params.modalities, Some(vec!["audio".to_owned()]));
+        }
     }
 
     #[test]
