@@ -2,10 +2,9 @@
 //!
 //! - An unset key allows anything for its parameter.
 //! - A set key with the parameter not sent (or, for modalities, an empty list): the
-//!   policy's default is sent (the first
-//!   allowed model or voice, the policy's modalities, the SDK's default temperature 0.5
-//!   clamped into the range), because "not sent" means Orga's default, which the policy
-//!   cannot vouch for. Not a violation.
+//!   policy's default is sent (the first allowed model or voice, the policy's modalities,
+//!   the SDK's default temperature 0.5 clamped into the range), because "not sent" means
+//!   Orga's default, which the policy cannot vouch for. Not a violation.
 //! - A value outside the policy: with `on_violation = "refuse"`, a 403 naming every such
 //!   parameter and what is allowed; with `"override"`, the policy's default in its place
 //!   (the temperature clamped; the modalities narrowed to the allowed ones the client
