@@ -12,7 +12,9 @@ use crate::metrics::{CIRCUIT_REJECTED, UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTR
 use crate::outbound::{self, ReadError};
 use crate::secret::Secret;
 use arc_swap::ArcSwap;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER,
+};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -179,7 +181,10 @@ impl OrgaClient {
                     .http()
                     .request(Method::POST, self.inner.client_secrets_url.clone())
                     .header(AUTHORIZATION, self.api_key_bearer())
-                    .header(CONTENT_TYPE, "application/json");
+                    .header(CONTENT_TYPE, "application/json")
+                    // Said outright, as fetch() says it for a POST without a body: hyper
+                    // leaves it out, and some front ends answer such a POST with 411.
+                    .header(CONTENT_LENGTH, "0");
                 self.exchange(Call::ClientSecret, request, timeout)
             },
         )

@@ -115,6 +115,16 @@ async fn upstream_requests_are_exactly_what_the_node_sdk_sends() {
         secrets.body.is_empty(),
         "client-secrets is sent with no body"
     );
+    // As fetch() sends a POST without a body: front ends that require a length on a POST
+    // answer 411 otherwise.
+    assert_eq!(
+        secrets
+            .headers
+            .get("content-length")
+            .map(|v| v.to_str().unwrap()),
+        Some("0")
+    );
+    assert!(!secrets.headers.contains_key("transfer-encoding"));
     for request in &requests {
         let user_agent = request.headers["user-agent"].to_str().unwrap();
         assert!(user_agent.starts_with("orga-proxy/"), "{user_agent}");
