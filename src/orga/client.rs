@@ -55,7 +55,8 @@ impl OrgaClient {
     pub fn new(config: &OrgaConfig, http: reqwest::Client, clock: Clock) -> Result<Self, String> {
         let mut client_secrets_url = config.base_url.endpoint("/v1/realtime/client-secrets");
         if let Some(email) = &config.user_email {
-            // Percent-encoded like JavaScript's `encodeURIComponent`, as the Node SDK did.
+            // Percent-encoded like JavaScript's `encodeURIComponent`, as the Node SDK did;
+            // the URL then carries `'` as %27, as fetch's WHATWG URL parser does too.
             client_secrets_url.set_query(Some(&format!(
                 "email={}",
                 encode_uri_component(email.as_str())
