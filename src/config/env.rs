@@ -31,8 +31,9 @@ impl PrefixedEnv {
     }
 }
 
-/// The value as typed: a boolean or number only if it reads back as the same text, an
-/// array or table if written as one (`[a, b]`), the exact string otherwise.
+/// The value as typed: a boolean or number only if it reads back as the same text, the
+/// exact string otherwise. A list written as `[a, b]` stays text too: the keys that take
+/// a list read it (`config::parse::split_list`), and for any other key it is just text.
 fn typed(raw: &str) -> Value {
     let text = raw.trim();
     if text == "true" || text == "false" {
@@ -46,11 +47,6 @@ fn typed(raw: &str) -> Value {
     if let Ok(n) = text.parse::<i64>() {
         if n.to_string() == text {
             return Value::from(n);
-        }
-    }
-    if text.starts_with('[') && text.ends_with(']') {
-        if let Ok(value @ Value::Array(..)) = text.parse::<Value>() {
-            return value;
         }
     }
     Value::from(raw.to_owned())
@@ -108,9 +104,10 @@ mod tests {
             "truex",
             "[unclosed",
             "sk_orga_ai_x",
+            "[a, b]",
+            "[Be brief]",
         ] {
             assert_eq!(typed(exact), Value::from(exact.to_owned()), "{exact}");
         }
-        assert!(matches!(typed("[a, b]"), Value::Array(..)));
     }
 }

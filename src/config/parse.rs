@@ -20,9 +20,10 @@ pub fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Stri
     LenientString::deserialize(deserializer).map(|text| text.0)
 }
 
-/// A list of strings: a TOML array, or one comma-separated string
-/// (`ORGA_PROXY_CORS__ALLOWED_ORIGINS=https://a.example,https://b.example`).
-/// Entries are trimmed and empty entries dropped, so `""` is the empty list.
+/// A list of strings: a TOML array, or one string as an environment variable carries it,
+/// comma-separated (`https://a.example,https://b.example`) or in TOML's array syntax
+/// (`["https://a.example", "https://b.example"]`). Entries are trimmed and empty entries
+/// dropped, so `""` is the empty list.
 pub fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged, expecting = "a list of strings or a comma-separated string")]
@@ -31,7 +32,7 @@ pub fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Str
         List(Vec<LenientString>),
     }
     let entries: Vec<String> = match Written::deserialize(deserializer)? {
-        Written::Joined(text) => text.split(',').map(str::to_owned).collect(),
+        Written::Joined(text) => split_list(&text),
         Written::List(items) => items.into_iter().map(|item| item.0).collect(),
     };
     Ok(entries
@@ -40,6 +41,25 @@ pub fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Str
         .filter(|entry| !entry.is_empty())
         .map(str::to_owned)
         .collect())
+}
+
+/// The entries of a list written as one string: in TOML's array syntax when it reads as
+/// one (`[a, "b"]`), comma-separated otherwise. Only keys that take a list read a string
+/// this way: for any other key, `[Be brief]` is just text.
+pub fn split_list(text: &str) -> Vec<String> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('[') && trimmed.ends_with(']') {
+        if let Ok(figment::value::Value::Array(_, items)) = trimmed.parse() {
+            let entries: Result<Vec<LenientString>, _> = items
+                .iter()
+                .map(figment::value::Value::deserialize)
+                .collect();
+            if let Ok(entries) = entries {
+                return entries.into_iter().map(|entry| entry.0).collect();
+            }
+        }
+    }
+    trimmed.split(',').map(str::to_owned).collect()
 }
 
 /// A list parsed into a typed value (`AllowedOrigins`, `TrustedProxies`...) through its
@@ -171,6 +191,17 @@ mod tests {
             serde_json::from_str(r#"{"v":["https://a.example","https://b.example"]}"#).unwrap();
         assert_eq!(a.v, b.v);
         assert_eq!(a.v, ["https://a.example", "https://b.example"]);
+        let c: Lists =
+            serde_json::from_str(r#"{"v":"[\"https://a.example\", \"https://b.example\"]"}"#)
+                .unwrap();
+        assert_eq!(c.v, a.v, "TOML's array syntax in one string");
+    }
+
+    #[test]
+    fn a_string_that_only_looks_like_an_array_is_split_on_commas() {
+        assert_eq!(split_list("[a, \"b\", 3]"), ["a", "b", "3"]);
+        assert_eq!(split_list("[unclosed, x"), ["[unclosed", " x"]);
+        assert_eq!(split_list("[{t = 1}]"), ["[{t = 1}]"]);
     }
 
     #[test]

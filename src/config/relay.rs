@@ -187,7 +187,8 @@ impl Serialize for Modalities {
 }
 
 /// The parsed `relay.policy.temperature`: `[]` (any) or `[min, max]` within the SDK's
-/// own range, 0 to 1. Also read from `"min,max"`, as an environment variable writes it.
+/// own range, 0 to 1. Also read from `"min,max"` or `"[min, max]"`, as an environment
+/// variable writes it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TemperatureRange(pub Option<(f64, f64)>);
 
@@ -222,9 +223,9 @@ impl<'de> Deserialize<'de> for TemperatureRange {
         }
         let values = match Written::deserialize(deserializer)? {
             Written::List(values) => values,
-            Written::Joined(text) => text
-                .split(',')
-                .map(str::trim)
+            Written::Joined(text) => parse::split_list(&text)
+                .iter()
+                .map(|part| part.trim())
                 .filter(|part| !part.is_empty())
                 .map(|part| {
                     part.parse::<f64>()

@@ -53,6 +53,46 @@ fn a_bad_configuration_exits_2_with_one_line_per_problem_naming_key_and_env_var(
 }
 
 #[test]
+fn environment_values_in_array_syntax_are_lists_only_for_keys_that_take_a_list() {
+    let output = run(command(&["check-config"])
+        .env("ORGA_API_KEY", "sk_orga_ai_x")
+        .env("ORGA_PROXY_RELAY__POLICY__INSTRUCTIONS", "[Be brief]")
+        .env("ORGA_PROXY_AUTH__MODE", "jwt")
+        .env(
+            "ORGA_PROXY_AUTH__JWT__SECRET",
+            "[0123456789abcdef0123456789abcdef]",
+        )
+        .env("ORGA_PROXY_AUTH__JWT__AUDIENCE", "[api]")
+        .env(
+            "ORGA_PROXY_RELAY__POLICY__VOICES",
+            r#"["Sofía", "Victoria"]"#,
+        )
+        .env("ORGA_PROXY_RELAY__POLICY__TEMPERATURE", "[0.2, 0.7]"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        r#"instructions = "[Be brief]""#,
+        r#"audience = "[api]""#,
+        "\"Sofía\",\n    \"Victoria\",",
+        "0.2,\n    0.7,",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("0123456789abcdef"),
+        "the secret is redacted"
+    );
+}
+
+#[test]
 fn a_bad_tokio_worker_threads_value_exits_2_instead_of_panicking() {
     for bad in ["abc", "0", "-1"] {
         let output = run(command(&["check-config"]).env("TOKIO_WORKER_THREADS", bad));
