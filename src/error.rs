@@ -62,6 +62,10 @@ pub enum ApiError {
     },
     /// 504: Orga did not answer in time.
     UpstreamTimeout,
+    /// Any of the above, answered to a call start whose token the relay has already
+    /// spent: the same status, code and headers, and a message saying to fetch new
+    /// credentials, since retrying with the same token can only get 401.
+    TokenSpent(Box<ApiError>),
 }
 
 impl ApiError {
@@ -82,6 +86,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::TokenSpent(error) => error.status(),
         }
     }
 
@@ -103,6 +108,7 @@ impl ApiError {
             Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
             Self::Unavailable { .. } => "unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::TokenSpent(error) => error.code(),
         }
     }
 
@@ -116,6 +122,7 @@ impl ApiError {
             | Self::UpstreamRateLimited { .. } => "upstream_error",
             Self::Unavailable { .. } => "server_error",
             Self::RateLimited { .. } | Self::QuotaExceeded { .. } => "rate_limit_error",
+            Self::TokenSpent(error) => error.kind(),
             _ => "invalid_request_error",
         }
     }
@@ -145,9 +152,13 @@ impl ApiError {
             Self::UpstreamAuthFailed => {
                 "The proxy's Orga credentials were refused by Orga; the operator must fix its configuration.".into()
             }
-            Self::Upstream => "Orga Cloud could not issue session credentials; try again shortly.".into(),
+            Self::Upstream => "Orga Cloud failed or gave an unusable answer; try again shortly.".into(),
             Self::Unavailable { reason, .. } => reason.clone(),
             Self::UpstreamTimeout => "Orga Cloud did not answer in time; try again shortly.".into(),
+            Self::TokenSpent(error) => format!(
+                "{} This session token cannot start another call: fetch new credentials first.",
+                error.message()
+            ),
         }
     }
 }
@@ -166,7 +177,11 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        match &self {
+        let inner = match &self {
+            Self::TokenSpent(error) => error,
+            error => error,
+        };
+        match inner {
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
@@ -194,6 +209,21 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spent_token_keeps_the_errors_status_code_and_retry_after_and_says_so() {
+        let open = ApiError::Unavailable {
+            reason: "Orga Cloud is failing.".into(),
+            retry_after: Duration::from_secs(10),
+        };
+        let spent = ApiError::TokenSpent(Box::new(open));
+        assert_eq!(spent.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(spent.code(), "unavailable");
+        assert!(spent.message().starts_with("Orga Cloud is failing. "));
+        assert!(spent.message().contains("fetch new credentials"));
+        let response = spent.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "10");
+    }
 
     #[test]
     fn retry_after_rounds_up_and_is_never_zero() {

@@ -145,7 +145,13 @@ async fn relay_and_record(
             }
         }
     }
-    counted(result)
+    let bound = state.relay.as_ref().is_some_and(|r| r.bindings.is_some());
+    counted(result.map_err(|error| match error {
+        // These already tell the caller to fetch new credentials.
+        ApiError::Unauthorized(_) | ApiError::SessionParamNotAllowed(_) => error,
+        error if bound => ApiError::TokenSpent(Box::new(error)),
+        error => error,
+    }))
 }
 
 async fn relay(

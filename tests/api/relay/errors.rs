@@ -51,6 +51,9 @@ async fn orgas_refusals_and_failures_map_to_the_contracts_answers() {
         (503, Some("upstream_rate_limited"))
     );
     assert_eq!(headers["retry-after"], "7");
+    // The token was spent on this attempt: retrying with it could only get 401.
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("fetch new credentials"), "{message}");
     for failing in [
         ResponseTemplate::new(500).set_body_string("upstream-canary"),
         ResponseTemplate::new(502),
@@ -66,6 +69,15 @@ async fn orgas_refusals_and_failures_map_to_the_contracts_answers() {
             (status, body["error"]["code"].as_str()),
             (502, Some("upstream_error")),
             "{body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            !message.contains("credentials;"),
+            "not the credentials route's: {message}"
+        );
+        assert!(
+            message.ends_with("fetch new credentials first."),
+            "{message}"
         );
     }
 }
