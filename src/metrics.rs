@@ -283,6 +283,7 @@ pub fn router() -> Router {
         .route("/metrics", get(render))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(crate::http::request_id::layers())
 }
 
 /// Drains the recorder's histogram buffers on an interval, on the current runtime, until

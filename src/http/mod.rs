@@ -22,12 +22,10 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, Route, get, post};
-use request_id::RandomRequestId;
 use std::convert::Infallible;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::util::{BoxCloneSyncServiceLayer, MapRequestLayer};
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower::util::BoxCloneSyncServiceLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 pub use limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
@@ -54,9 +52,7 @@ pub fn router(state: AppState) -> Router {
             header::COOKIE,
             header::HeaderName::from_static("x-api-key"),
         ]))
-        .layer(MapRequestLayer::new(request_id::drop_unless_sane))
-        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
-        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(request_id::layers())
         .layer(from_fn(|request, next: axum::middleware::Next| {
             crate::telemetry::with_request_facts(next.run(request))
         }))

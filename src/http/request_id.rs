@@ -4,7 +4,32 @@
 
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
-use tower_http::request_id::{MakeRequestId, RequestId};
+use tower::ServiceBuilder;
+use tower::layer::util::{Identity, Stack};
+use tower::util::MapRequestLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+
+/// The three layers, outermost first, for every listener's router.
+pub type Layers = Stack<
+    PropagateRequestIdLayer,
+    Stack<
+        SetRequestIdLayer<RandomRequestId>,
+        Stack<MapRequestLayer<fn(Request) -> Request>, Identity>,
+    >,
+>;
+
+/// An insane id dropped ([`drop_unless_sane`]), a fresh one set where none is left, and
+/// the id sent back on the response.
+pub fn layers() -> ServiceBuilder<Layers> {
+    ServiceBuilder::new()
+        .layer(MapRequestLayer::new(
+            drop_unless_sane as fn(Request) -> Request,
+        ))
+        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
+        .layer(PropagateRequestIdLayer::x_request_id())
+}
 
 /// The header carrying the request id.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

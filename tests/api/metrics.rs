@@ -75,6 +75,27 @@ async fn metrics_are_served_on_their_own_listener_and_never_on_the_public_one() 
     assert!(body.contains("orga_proxy_build_info"), "{body}");
     let elsewhere = get(app.metrics, "/healthz").await;
     assert_eq!(elsewhere.status(), 404);
+    assert!(elsewhere.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn the_metrics_listener_answers_with_a_request_id_too() {
+    let app = spawn_with_metrics().await;
+    let response = client()
+        .get(format!("http://{}/metrics", app.metrics))
+        .header("x-request-id", "scrape-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "scrape-1");
+    let response = client()
+        .get(format!("http://{}/metrics", app.metrics))
+        .header("x-request-id", "not sane")
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 36, "a fresh UUID: {id}");
 }
 
 #[tokio::test]
