@@ -163,7 +163,8 @@ impl Audit {
             return Ok(());
         };
         record.time = rfc3339_millis(inner.clock.wall());
-        let mut line = serde_json::to_vec(&record).map_err(|_| AuditError::Failed)?;
+        let json = serde_json::to_vec(&record).map_err(|_| AuditError::Failed)?;
+        let mut line = escape_line_separators(json);
         line.push(b'\n');
         let (ack, written) = oneshot::channel();
         let queued_and_written = async {
@@ -244,6 +245,38 @@ fn rfc3339_millis(wall: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(wall.clamp(std::time::UNIX_EPOCH, last)).to_string()
 }
 
+/// `json` with U+2028 and U+2029 written as `\u2028` and `\u2029`. serde_json leaves them
+/// raw, which is valid JSON, but readers that split on every Unicode line break (Python's
+/// `splitlines`, some log shippers) would cut a record in two at a `User-Agent` holding
+/// one. They can only occur inside strings, where the escape means the same.
+fn escape_line_separators(json: Vec<u8>) -> Vec<u8> {
+    const SEPARATORS: [(&[u8], &[u8]); 2] = [
+        ("\u{2028}".as_bytes(), br"\u2028"),
+        ("\u{2029}".as_bytes(), br"\u2029"),
+    ];
+    if !json
+        .windows(3)
+        .any(|w| SEPARATORS.iter().any(|(raw, _)| w == *raw))
+    {
+        return json;
+    }
+    let mut out = Vec::with_capacity(json.len() + 12);
+    let mut rest = json.as_slice();
+    while !rest.is_empty() {
+        match SEPARATORS.iter().find(|(raw, _)| rest.starts_with(raw)) {
+            Some((raw, escaped)) => {
+                out.extend_from_slice(escaped);
+                rest = &rest[raw.len()..];
+            }
+            None => {
+                out.push(rest[0]);
+                rest = &rest[1..];
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +290,22 @@ mod tests {
         );
         let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
         assert_eq!(rfc3339_millis(far), "9999-12-31T23:59:59.000Z");
+    }
+
+    #[test]
+    fn unicode_line_separators_are_escaped_so_no_reader_splits_a_record() {
+        let agent = "evil\u{2028}{\"forged\":1}\u{2029}é";
+        let json = serde_json::to_vec(&serde_json::json!({ "user_agent": agent })).unwrap();
+        let line = escape_line_separators(json);
+        let text = String::from_utf8(line).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        assert!(
+            !text.contains('\u{2028}') && !text.contains('\u{2029}'),
+            "{text}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["user_agent"], agent, "the value is unchanged");
+        let plain = br#"{"a":"b"}"#.to_vec();
+        assert_eq!(escape_line_separators(plain.clone()), plain);
     }
 }

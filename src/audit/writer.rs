@@ -131,7 +131,7 @@ impl Writer {
         }
         match self.blocking(Sink::reopen_if_moved).await {
             Ok(true) => tracing::info!(
-                path = ?self.path(),
+                path = %self.path(),
                 "audit file moved or deleted: a new one is open at its path"
             ),
             Ok(false) => {}
@@ -142,14 +142,18 @@ impl Writer {
     /// SIGHUP: reopens the file at its path.
     async fn reopen(&mut self) {
         match self.blocking(Sink::reopen).await {
-            Ok(true) => tracing::info!(path = ?self.path(), "audit file reopened"),
+            Ok(true) => tracing::info!(path = %self.path(), "audit file reopened"),
             Ok(false) => {}
             Err(error) => self.failed(&error),
         }
     }
 
-    fn path(&self) -> Option<std::path::PathBuf> {
-        self.sink.as_ref()?.path().map(ToOwned::to_owned)
+    /// The file's path for a log line, or `stdout`.
+    fn path(&self) -> String {
+        match self.sink.as_ref().and_then(|sink| sink.path()) {
+            Some(path) => path.display().to_string(),
+            None => "stdout".to_owned(),
+        }
     }
 
     fn failed(&mut self, error: &io::Error) {
@@ -157,7 +161,7 @@ impl Writer {
         if !std::mem::replace(&mut self.failing, true) {
             tracing::error!(
                 %error,
-                path = ?self.path(),
+                path = %self.path(),
                 "audit sink failed: credentials are refused (503) and /readyz is 503 until a write succeeds"
             );
         }
@@ -166,7 +170,7 @@ impl Writer {
     fn recovered(&mut self) {
         self.ready.store(true, Ordering::SeqCst);
         if std::mem::replace(&mut self.failing, false) {
-            tracing::info!(path = ?self.path(), "audit sink writes again: credentials are issued");
+            tracing::info!(path = %self.path(), "audit sink writes again: credentials are issued");
         }
     }
 
