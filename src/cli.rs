@@ -4,8 +4,8 @@
 //! Signals (registered before anything listens, so none of them kills the process):
 //! SIGTERM, SIGINT and SIGQUIT drain and exit 0 (SIGQUIT is the graceful stop of nginx
 //! and php-fpm, and the STOPSIGNAL of images built on them); SIGHUP reloads what can
-//! change live ([`crate::reload`]); SIGUSR1 is logged and ignored (logs go to stdout:
-//! there is no file to reopen).
+//! change live ([`crate::reload`]); SIGUSR1 and SIGUSR2 are logged and ignored (logs go
+//! to stdout: there is no file to reopen).
 
 use crate::config::{self, BaseUrl, Config, Mode};
 use crate::http::server::ServeOptions;
@@ -383,8 +383,8 @@ async fn healthcheck(url: &str, timeout: Duration) -> ExitCode {
     }
 }
 
-/// Resolves on SIGTERM, SIGINT (Ctrl-C) or SIGQUIT; SIGHUP and SIGUSR1 are logged and
-/// ignored (nothing here to reload). Registers the signals when first polled.
+/// Resolves on SIGTERM, SIGINT (Ctrl-C) or SIGQUIT; SIGHUP, SIGUSR1 and SIGUSR2 are
+/// logged and ignored (nothing here to reload). Registers the signals when first polled.
 pub async fn shutdown_signal() {
     match Signals::install() {
         Ok(signals) => {
@@ -397,8 +397,8 @@ pub async fn shutdown_signal() {
 }
 
 /// The signals a server acts on. Registering one replaces its default action (for
-/// SIGHUP, SIGQUIT and SIGUSR1: ending the process and every request in flight) for the
-/// rest of the process's life, so this happens before anything listens.
+/// SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2: ending the process and every request in flight)
+/// for the rest of the process's life, so this happens before anything listens.
 struct Signals {
     /// SIGTERM: drain (Docker, Kubernetes).
     terminate: Signal,
@@ -410,6 +410,8 @@ struct Signals {
     hangup: Signal,
     /// SIGUSR1: logged, nothing else.
     user1: Signal,
+    /// SIGUSR2: logged, nothing else (some supervisors send it for a binary upgrade).
+    user2: Signal,
 }
 
 impl Signals {
@@ -426,11 +428,12 @@ impl Signals {
             quit: register(SignalKind::quit())?,
             hangup: register(SignalKind::hangup())?,
             user1: register(SignalKind::user_defined1())?,
+            user2: register(SignalKind::user_defined2())?,
         })
     }
 
     /// Resolves on SIGTERM, SIGINT or SIGQUIT (the caller drains); runs `on_hangup` on
-    /// each SIGHUP meanwhile, and logs SIGUSR1.
+    /// each SIGHUP meanwhile, and logs SIGUSR1 and SIGUSR2.
     async fn until_stop(mut self, mut on_hangup: impl FnMut() + Send) {
         let stop = loop {
             tokio::select! {
@@ -440,6 +443,9 @@ impl Signals {
                 _ = self.hangup.recv() => on_hangup(),
                 _ = self.user1.recv() => {
                     tracing::info!("SIGUSR1 ignored: logs go to stdout, there is nothing to reopen");
+                }
+                _ = self.user2.recv() => {
+                    tracing::info!("SIGUSR2 ignored: stop with SIGTERM, reload with SIGHUP");
                 }
             }
         };

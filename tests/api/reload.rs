@@ -1,7 +1,7 @@
 //! Signals on the binary: SIGHUP reloads what can change live (a rotated key file, the
 //! allowed origins...) and keeps the running configuration when the new one is invalid;
-//! SIGUSR1 is ignored; SIGQUIT drains like SIGTERM. In process: what `AppState::reload`
-//! changes (API keys, origins, rate-limit numbers).
+//! SIGUSR1 and SIGUSR2 are ignored; SIGQUIT drains like SIGTERM. In process: what
+//! `AppState::reload` changes (API keys, origins, rate-limit numbers).
 
 use crate::binary::{Proxy, command, serving_test_config_against};
 use crate::gated_upstream::{GatedUpstream, binary_against, hold_a_request_to};
@@ -165,11 +165,13 @@ async fn an_invalid_configuration_on_sighup_is_refused_and_the_running_one_kept(
 }
 
 #[tokio::test]
-async fn sigusr1_is_ignored_and_sigquit_drains_like_sigterm() {
+async fn sigusr1_and_sigusr2_are_ignored_and_sigquit_drains_like_sigterm() {
     let upstream = GatedUpstream::start().await;
     let mut proxy = binary_against(&upstream);
     proxy.signal("USR1");
     proxy.wait_for_log("SIGUSR1 ignored", 1);
+    proxy.signal("USR2");
+    proxy.wait_for_log("SIGUSR2 ignored", 1);
     let health = format!("http://{}/healthz", proxy.addr);
     assert_eq!(client().get(&health).send().await.unwrap().status(), 200);
     assert!(proxy.is_running());
