@@ -178,7 +178,7 @@ impl Authenticator {
                     None => token::api_key_header(headers)?.ok_or_else(|| {
                         token::missing(
                             query,
-                            "an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+                            "an API key, as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
                         )
                     })?,
                 };

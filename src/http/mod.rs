@@ -80,8 +80,14 @@ pub fn router(state: AppState) -> Router {
         );
     }
     routes
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route(
+            "/healthz",
+            get(health::healthz).fallback(|| async { not_allowed("GET, HEAD") }),
+        )
+        .route(
+            "/readyz",
+            get(health::readyz).fallback(|| async { not_allowed("GET, HEAD") }),
+        )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(edge)

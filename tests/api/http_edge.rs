@@ -237,6 +237,9 @@ async fn a_preflight_is_answered_only_on_the_services_own_routes() {
     ] {
         let response = preflight(path).await.unwrap();
         assert_eq!(response.status(), status, "{path}");
+        if status == 405 {
+            assert_eq!(response.headers()["allow"], "GET, HEAD", "{path}");
+        }
         let cors = cors_headers(&response);
         assert!(cors.is_empty(), "{path} answered CORS headers {cors:?}");
         assert_eq!(error_code(response).await, code, "{path}");
