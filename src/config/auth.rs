@@ -13,6 +13,9 @@ use std::time::Duration;
 
 /// Shortest HS256 secret accepted: the hash's own size (RFC 7518 §3.2).
 pub const MIN_SECRET_BYTES: usize = 32;
+/// The shortest API key accepted: a short one could be guessed, slowly, through the
+/// rate limit.
+pub const MIN_API_KEY_LEN: usize = 16;
 /// Largest clock skew accepted for `exp`/`nbf`: beyond it expired tokens keep working.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// Algorithms accepted by default with an HS256 shared secret.
@@ -280,6 +283,10 @@ impl TryFrom<Vec<String>> for ApiKeyList {
             if !entry.key.expose().bytes().all(|b| b.is_ascii_graphic()) {
                 problems.push(format!(
                     "entry {number} contains white space, control or non-ASCII characters"
+                ));
+            } else if entry.key.expose().len() < MIN_API_KEY_LEN {
+                problems.push(format!(
+                    "entry {number} is shorter than {MIN_API_KEY_LEN} characters: use a random key, e.g. `openssl rand -hex 32`"
                 ));
             }
             if let Some(name) = &entry.name {

@@ -65,11 +65,22 @@ fn api_key_mode_needs_at_least_one_key() {
 
 #[test]
 fn bad_api_keys_are_reported_without_showing_them() {
-    let error = key_list(&["web:canary one", "web:canary2", "canary2", "canary2"]).unwrap_err();
+    let error = key_list(&[
+        "web:canary one-0123456789",
+        "web:canary2-0123456789abc",
+        "canary2-0123456789abc",
+        "canary2-0123456789abc",
+        "ios:canary",
+    ])
+    .unwrap_err();
     assert!(error.contains("entry 1 contains white space"), "{error}");
     assert!(error.contains("\"web\" is used more than once"), "{error}");
     assert!(error.contains("entry 3 repeats"), "{error}");
     assert!(error.contains("entry 4 repeats"), "{error}");
+    assert!(
+        error.contains("entry 5 is shorter than 16 characters"),
+        "{error}"
+    );
     assert!(!error.contains("canary"), "{error}");
 }
 
@@ -86,7 +97,7 @@ fn a_name_is_the_text_before_the_first_colon_when_it_looks_like_a_name() {
 
 #[test]
 fn check_config_shows_key_names_but_never_keys() {
-    let keys = key_list(&["web:canary-key-1", "canary-key-2"]).unwrap();
+    let keys = key_list(&["web:canary-key-1-0123456789", "canary-key-2-0123456789"]).unwrap();
     let shown = serde_json::to_string(&keys).unwrap();
     assert_eq!(shown, r#"["web:[redacted]","[redacted]"]"#);
 }

@@ -421,7 +421,11 @@ fn describe(error: figment::Error, name: &str) -> Vec<String> {
                 .as_ref()
                 .map(|m| source_label(m, &key))
                 .unwrap_or_default();
-            if SECRET_KEYS.contains(&key.as_str()) {
+            // A secret key's problem is shown only when the message was written to leave
+            // the value out (it says so); serde's own messages may quote the value.
+            let written_for_secrets =
+                matches!(&e.kind, Kind::Message(m) if m.contains("not shown:"));
+            if SECRET_KEYS.contains(&key.as_str()) && !written_for_secrets {
                 problem(
                     &key,
                     format!("invalid value (not shown: it is a secret){from}"),

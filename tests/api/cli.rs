@@ -93,6 +93,27 @@ fn environment_values_in_array_syntax_are_lists_only_for_keys_that_take_a_list()
 }
 
 #[test]
+fn a_short_api_key_does_not_start_and_the_problem_is_told_without_the_key() {
+    let output = run(command(&["check-config"])
+        .env("ORGA_API_KEY", "sk_orga_ai_x")
+        .env("ORGA_PROXY_AUTH__MODE", "api_key")
+        .env(
+            "ORGA_PROXY_AUTH__API_KEYS",
+            "web:canary,web:canary-0123456789abc",
+        ));
+    let stderr = refused_configuration(&output);
+    assert!(
+        stderr.contains("auth.api_keys (ORGA_PROXY_AUTH__API_KEYS): entry 1 is shorter than 16"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\"web\" is used more than once"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("canary"), "{stderr}");
+}
+
+#[test]
 fn a_bad_tokio_worker_threads_value_exits_2_instead_of_panicking() {
     for bad in ["abc", "0", "-1"] {
         let output = run(command(&["check-config"]).env("TOKIO_WORKER_THREADS", bad));
