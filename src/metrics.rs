@@ -38,6 +38,8 @@ pub const UPSTREAM_DURATION: &str = "orga_proxy_upstream_request_duration_second
 pub const UPSTREAM_ERRORS: &str = "orga_proxy_upstream_errors_total";
 /// Upstream attempts that were retries, by `call`.
 pub const UPSTREAM_RETRIES: &str = "orga_proxy_upstream_retries_total";
+/// Times the Orga client's connection pool was retired after an answer that was not JSON.
+pub const UPSTREAM_POOLS_RETIRED: &str = "orga_proxy_upstream_pools_retired_total";
 /// The circuit breaker's state: 0 closed, 1 half-open (one probe allowed), 2 open.
 pub const CIRCUIT_STATE: &str = "orga_proxy_upstream_circuit_state";
 /// Times the circuit breaker opened.
@@ -144,6 +146,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "Failed Orga Cloud attempts, by call and error kind.",
     ),
     (UPSTREAM_RETRIES, "Orga Cloud attempts that were retries."),
+    (
+        UPSTREAM_POOLS_RETIRED,
+        "Times the Orga client's connection pool was retired after an answer that was not JSON.",
+    ),
     (CIRCUIT_OPENED, "Times the upstream circuit breaker opened."),
     (
         CIRCUIT_REJECTED,

@@ -1,5 +1,6 @@
 //! Outbound HTTP: the one reqwest client every outbound call shares (Orga, the JWKS,
-//! `healthcheck`), built from scratch with one policy: rustls, no redirects followed,
+//! `healthcheck`; the Orga calls move to a fresh one, built here too, when an answer was
+//! not JSON: see `orga::retire`), built from scratch with one policy: rustls, no redirects followed,
 //! no system proxy, a connect timeout, `Accept-Encoding: identity` (answers are small,
 //! and a compressed one could expand past the read cap), and answers read only up to a
 //! cap. Each request sets its own total timeout.

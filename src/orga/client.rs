@@ -1,17 +1,18 @@
 //! `OrgaClient`: the upstream calls the official SDKs make, on the shared outbound
-//! client (see [`crate::outbound`]): built from scratch (no client header forwarded),
+//! client (see [`crate::outbound`]; replaced when an answer was not JSON, see
+//! `super::retire`): built from scratch (no client header forwarded),
 //! with explicit timeouts and a cap on the answer size, behind a circuit breaker, with
 //! one retry where a retry is safe (see [`OrgaClient::session_credentials`]).
 
 use super::breaker::{CircuitBreaker, CircuitState, Permit};
 use super::error::{Call, OrgaError};
+use super::retire::RetirableClient;
 use super::types::{ClientSecret, EphemeralToken, IceConfig, SessionCredentials, UpstreamAnswer};
 use crate::clock::Clock;
 use crate::config::OrgaConfig;
 use crate::metrics::{CIRCUIT_REJECTED, UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES};
 use crate::outbound::{self, ReadError};
 use crate::secret::Secret;
-use arc_swap::ArcSwap;
 use reqwest::header::{
     AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER,
 };
@@ -35,9 +36,8 @@ pub struct OrgaClient {
 }
 
 struct Inner {
-    /// The shared outbound client, until an answer that could not be used retires it
-    /// (see [`OrgaClient::retire_connections`]).
-    http: ArcSwap<reqwest::Client>,
+    /// The shared outbound client, until an answer that was not JSON retires its pool.
+    http: RetirableClient,
     /// `POST` target, with the encoded `email` query when `orga.user_email` is set.
     client_secrets_url: Url,
     ice_config_url: Url,
@@ -51,7 +51,9 @@ struct Inner {
 }
 
 impl OrgaClient {
-    /// Builds the client from validated configuration, on the shared outbound client.
+    /// Builds the client from validated configuration, on the shared outbound client
+    /// (`http`, from [`outbound::client`]: a retired pool is replaced by another client
+    /// built there, with the same settings).
     pub fn new(config: &OrgaConfig, http: reqwest::Client, clock: Clock) -> Result<Self, String> {
         let mut client_secrets_url = config.base_url.endpoint("/v1/realtime/client-secrets");
         if let Some(email) = &config.user_email {
@@ -64,7 +66,7 @@ impl OrgaClient {
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                http: ArcSwap::from_pointee(http),
+                http: RetirableClient::new(http)?,
                 client_secrets_url,
                 ice_config_url: config.base_url.endpoint("/v1/realtime/ice-config"),
                 calls_url: config.base_url.endpoint("/v1/realtime/calls"),
@@ -142,11 +144,11 @@ impl OrgaClient {
         deadline: Instant,
     ) -> Result<T, OrgaError> {
         let call = Call::StartCall;
-        let request = self
-            .http()
-            .request(Method::POST, self.inner.calls_url.clone())
-            .header(AUTHORIZATION, token.bearer())
-            .json(body);
+        let request = |http: &reqwest::Client| {
+            http.request(Method::POST, self.inner.calls_url.clone())
+                .header(AUTHORIZATION, token.bearer())
+                .json(body)
+        };
         let timeout = left_before(deadline, self.inner.timeout);
         let permit = self.admit()?;
         let started = Instant::now();
@@ -178,23 +180,23 @@ impl OrgaClient {
             deadline,
             self.inner.timeout,
             |timeout| {
-                let request = self
-                    .http()
-                    .request(Method::POST, self.inner.client_secrets_url.clone())
-                    .header(AUTHORIZATION, self.api_key_bearer())
-                    .header(CONTENT_TYPE, "application/json")
-                    // Said outright, as fetch() says it for a POST without a body: hyper
-                    // leaves it out, and some front ends answer such a POST with 411.
-                    .header(CONTENT_LENGTH, "0");
+                let request = |http: &reqwest::Client| {
+                    http.request(Method::POST, self.inner.client_secrets_url.clone())
+                        .header(AUTHORIZATION, self.api_key_bearer())
+                        .header(CONTENT_TYPE, "application/json")
+                        // Said outright, as fetch() says it for a POST without a body:
+                        // hyper leaves it out, and some front ends then answer 411.
+                        .header(CONTENT_LENGTH, "0")
+                };
                 self.exchange(Call::ClientSecret, request, timeout)
             },
         )
         .await?;
         let ice: IceConfig = with_retry(Call::IceConfig, deadline, self.inner.timeout, |timeout| {
-            let request = self
-                .http()
-                .request(Method::GET, self.inner.ice_config_url.clone())
-                .header(AUTHORIZATION, secret.ephemeral_token.bearer());
+            let request = |http: &reqwest::Client| {
+                http.request(Method::GET, self.inner.ice_config_url.clone())
+                    .header(AUTHORIZATION, secret.ephemeral_token.bearer())
+            };
             self.exchange(Call::IceConfig, request, timeout)
         })
         .await?;
@@ -205,21 +207,6 @@ impl OrgaClient {
         })
     }
 
-    fn http(&self) -> Arc<reqwest::Client> {
-        self.inner.http.load_full()
-    }
-
-    /// Closes the connection an unusable answer came on, so it is never reused: its
-    /// framing may be what went wrong. reqwest cannot close one pooled connection, so
-    /// the client is replaced by one with the same settings and an empty pool; the old
-    /// pool's connections close as the requests still using them end.
-    fn retire_connections(&self) {
-        match outbound::client() {
-            Ok(fresh) => self.inner.http.store(Arc::new(fresh)),
-            Err(error) => tracing::error!(%error, "cannot replace the outbound client"),
-        }
-    }
-
     fn api_key_bearer(&self) -> HeaderValue {
         self.inner
             .api_key_bearer
@@ -228,16 +215,18 @@ impl OrgaClient {
             .clone()
     }
 
-    /// One attempt of `call`: send, check the status, read at most
-    /// [`MAX_UPSTREAM_BODY`], parse and check it, all within `timeout`.
+    /// One attempt of `call`: build the request on the current client, send it, check
+    /// the status, read at most [`MAX_UPSTREAM_BODY`], parse and check it, all within
+    /// `timeout`. An answer whose bytes are not JSON retires the client's pool.
     async fn exchange<T: UpstreamAnswer>(
         &self,
         call: Call,
-        request: RequestBuilder,
+        request: impl FnOnce(&reqwest::Client) -> RequestBuilder,
         timeout: Duration,
     ) -> Result<T, OrgaError> {
+        let http = self.inner.http.current();
         // reqwest's per-request timeout runs from connecting to the body's last byte.
-        let response = request
+        let response = request(&http)
             .timeout(timeout)
             .send()
             .await
@@ -268,13 +257,21 @@ impl OrgaClient {
                 },
                 ReadError::Transport(e) => transport_failure(call, &e),
             })?;
-        let answer = serde_json::from_slice::<T>(&body)
-            .map_err(|e| format!("not the documented JSON ({})", json_problem(&e)))
-            .and_then(|answer| answer.check().map(|()| answer));
-        answer.map_err(|reason| {
-            self.retire_connections();
-            OrgaError::Malformed { call, reason }
-        })
+        let answer = serde_json::from_slice::<T>(&body).map_err(|e| {
+            // Bytes that are not JSON at all may mean the connection itself went wrong;
+            // JSON of the wrong shape, or failing `check`, says nothing about it.
+            if !e.is_data() {
+                self.inner.http.retire(&http);
+            }
+            OrgaError::Malformed {
+                call,
+                reason: format!("not the documented JSON ({})", json_problem(&e)),
+            }
+        })?;
+        answer
+            .check()
+            .map_err(|reason| OrgaError::Malformed { call, reason })?;
+        Ok(answer)
     }
 }
 

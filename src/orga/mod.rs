@@ -5,6 +5,7 @@ pub mod breaker;
 mod client;
 mod error;
 pub mod mock;
+mod retire;
 mod types;
 
 pub use breaker::CircuitState;

@@ -207,11 +207,23 @@ async fn malformed_json_is_502_upstream_error() {
 }
 
 #[tokio::test]
-async fn a_connection_whose_answer_could_not_be_used_is_never_reused() {
-    // Bad JSON, then JSON without a usable token: the connection each came on is closed.
-    for answer in [
-        ResponseTemplate::new(200).set_body_string("{not json"),
-        ResponseTemplate::new(200).set_body_json(json!({"ephemeral_token": ""})),
+async fn a_connection_whose_answer_was_not_json_is_never_reused() {
+    // Not JSON, or cut short: the connection each came on is closed. JSON of the wrong
+    // shape says nothing about the connection, which is kept.
+    for (answer, connections) in [
+        (ResponseTemplate::new(200).set_body_string("<html>oops"), 3),
+        (
+            ResponseTemplate::new(200).set_body_string(r#"{"ephemeral_token": "ek_"#),
+            3,
+        ),
+        (
+            ResponseTemplate::new(200).set_body_json(json!({"ephemeral_token": ""})),
+            1,
+        ),
+        (
+            ResponseTemplate::new(200).set_body_json(json!({"token": "x"})),
+            1,
+        ),
     ] {
         let upstream = scripted_upstream(answer, None).await;
         let (relay, opened) = counting_relay(upstream.uri()).await;
@@ -221,8 +233,8 @@ async fn a_connection_whose_answer_could_not_be_used_is_never_reused() {
         }
         assert_eq!(
             opened.load(std::sync::atomic::Ordering::SeqCst),
-            3,
-            "a fresh connection after each unusable answer"
+            connections,
+            "connections opened for three such answers"
         );
     }
 }

@@ -72,10 +72,6 @@ async fn orgas_refusals_and_failures_map_to_the_contracts_answers() {
         );
         let message = body["error"]["message"].as_str().unwrap();
         assert!(
-            !message.contains("credentials;"),
-            "not the credentials route's: {message}"
-        );
-        assert!(
             message.ends_with("fetch new credentials first."),
             "{message}"
         );
@@ -162,14 +158,9 @@ async fn failed_call_starts_never_open_the_circuit_for_the_credentials_route() {
 }
 
 #[tokio::test]
-async fn the_connection_an_unusable_call_answer_came_on_is_never_reused() {
-    let not_an_answer =
-        json!({"answer": {"type": "offer", "sdp": ANSWER_SDP}, "conversation_id": "c1"});
-    let orga = recording_orga(
-        ResponseTemplate::new(200).set_body_json(not_an_answer),
-        Some(600),
-    )
-    .await;
+async fn the_connection_a_call_answer_that_was_not_json_came_on_is_never_reused() {
+    let not_json = ResponseTemplate::new(200).set_body_string("<html>upstream-canary");
+    let orga = recording_orga(not_json, Some(600)).await;
     let (counted, opened) = counting_relay(orga.uri()).await;
     let app = spawn_app_against(&counted, |c| c.relay.enabled = true).await;
     let token = token_from(&app).await;
