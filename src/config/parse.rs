@@ -32,7 +32,7 @@ pub fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Str
         List(Vec<LenientString>),
     }
     let entries: Vec<String> = match Written::deserialize(deserializer)? {
-        Written::Joined(text) => split_list(&text),
+        Written::Joined(text) => split_list(&text).map_err(de::Error::custom)?,
         Written::List(items) => items.into_iter().map(|item| item.0).collect(),
     };
     Ok(entries
@@ -43,23 +43,58 @@ pub fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Str
         .collect())
 }
 
-/// The entries of a list written as one string: in TOML's array syntax when it reads as
-/// one (`[a, "b"]`), comma-separated otherwise. Only keys that take a list read a string
-/// this way: for any other key, `[Be brief]` is just text.
-pub fn split_list(text: &str) -> Vec<String> {
+/// The entries of a list written as one string: comma-separated (`a, b`), or in TOML's
+/// array syntax (`[a, "b", 'c']`), where quotes are removed and a bare entry is kept as
+/// written (`[007]` is `007`). Only keys that take a list read a string this way: for
+/// any other key, `[Be brief]` is just text. Hand-written: figment's value parser
+/// rewrites bare numbers (`007` → `7`) and does not read single-quoted strings.
+pub fn split_list(text: &str) -> Result<Vec<String>, String> {
     let trimmed = text.trim();
-    if trimmed.starts_with('[') && trimmed.ends_with(']') {
-        if let Ok(figment::value::Value::Array(_, items)) = trimmed.parse() {
-            let entries: Result<Vec<LenientString>, _> = items
-                .iter()
-                .map(figment::value::Value::deserialize)
-                .collect();
-            if let Ok(entries) = entries {
-                return entries.into_iter().map(|entry| entry.0).collect();
+    let Some(inner) = trimmed
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+    else {
+        return Ok(trimmed.split(',').map(str::to_owned).collect());
+    };
+    let mut entries = Vec::new();
+    let mut entry = String::new();
+    let mut quote: Option<char> = None;
+    // The current entry was quoted and its quote has closed: only white space may follow.
+    let mut closed = false;
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if let Some(open) = quote {
+            match c {
+                '\\' if open == '"' => entry.extend(chars.next()),
+                c if c == open => {
+                    quote = None;
+                    closed = true;
+                }
+                c => entry.push(c),
             }
+            continue;
+        }
+        match c {
+            ',' => {
+                entries.push(std::mem::take(&mut entry));
+                closed = false;
+            }
+            '"' | '\'' if !closed && entry.trim().is_empty() => {
+                entry.clear();
+                quote = Some(c);
+            }
+            c if closed && !c.is_whitespace() => {
+                return Err(format!("{trimmed}: text after a closing quote"));
+            }
+            _ if closed => {}
+            c => entry.push(c),
         }
     }
-    trimmed.split(',').map(str::to_owned).collect()
+    if quote.is_some() {
+        return Err(format!("{trimmed}: a quote is not closed"));
+    }
+    entries.push(entry);
+    Ok(entries)
 }
 
 /// A list parsed into a typed value (`AllowedOrigins`, `TrustedProxies`...) through its
@@ -198,10 +233,30 @@ mod tests {
     }
 
     #[test]
-    fn a_string_that_only_looks_like_an_array_is_split_on_commas() {
-        assert_eq!(split_list("[a, \"b\", 3]"), ["a", "b", "3"]);
-        assert_eq!(split_list("[unclosed, x"), ["[unclosed", " x"]);
-        assert_eq!(split_list("[{t = 1}]"), ["[{t = 1}]"]);
+    fn array_syntax_in_a_string_unquotes_entries_and_keeps_bare_ones_as_written() {
+        let split = |text: &str| split_list(text).unwrap();
+        assert_eq!(
+            split(r#"[a, "b", 'c', 007, 1.50]"#),
+            ["a", "b", "c", " 007", " 1.50"]
+        );
+        assert_eq!(
+            split(r#"["x, y", 'z']"#),
+            ["x, y", "z"],
+            "a comma inside quotes stays"
+        );
+        assert_eq!(split(r#"["say \"hi\""]"#), [r#"say "hi""#]);
+        assert_eq!(
+            split("[]"),
+            [""],
+            "the empty list, once empty entries are dropped"
+        );
+        assert_eq!(
+            split("[unclosed, x"),
+            ["[unclosed", " x"],
+            "not an array: commas"
+        );
+        assert!(split_list(r#"["a" b]"#).is_err());
+        assert!(split_list(r#"["a]"#).is_err());
     }
 
     #[test]

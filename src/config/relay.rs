@@ -224,6 +224,7 @@ impl<'de> Deserialize<'de> for TemperatureRange {
         let values = match Written::deserialize(deserializer)? {
             Written::List(values) => values,
             Written::Joined(text) => parse::split_list(&text)
+                .map_err(de::Error::custom)?
                 .iter()
                 .map(|part| part.trim())
                 .filter(|part| !part.is_empty())

@@ -67,6 +67,7 @@ fn environment_values_in_array_syntax_are_lists_only_for_keys_that_take_a_list()
             "ORGA_PROXY_RELAY__POLICY__VOICES",
             r#"["Sofía", "Victoria"]"#,
         )
+        .env("ORGA_PROXY_RELAY__POLICY__MODELS", "['orga-1', 007]")
         .env("ORGA_PROXY_RELAY__POLICY__TEMPERATURE", "[0.2, 0.7]"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
@@ -80,6 +81,7 @@ fn environment_values_in_array_syntax_are_lists_only_for_keys_that_take_a_list()
         r#"audience = "[api]""#,
         "\"Sofía\",\n    \"Victoria\",",
         "0.2,\n    0.7,",
+        "\"orga-1\",\n    \"007\",",
     ] {
         assert!(
             stdout.contains(expected),
