@@ -30,12 +30,6 @@ impl ApiKeys {
                     .name
                     .clone()
                     .unwrap_or_else(|| (index + 1).to_string());
-                if entry.key.expose().len() < 16 {
-                    tracing::warn!(
-                        key = %label,
-                        "an auth.api_keys entry is shorter than 16 characters; use long random keys (e.g. `openssl rand -hex 32`)"
-                    );
-                }
                 StoredKey {
                     digest: sha256(entry.key.expose()),
                     subject: format!("api_key:{label}"),

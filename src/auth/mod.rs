@@ -202,11 +202,11 @@ impl Authenticator {
                             .ok_or_else(|| match cookie {
                                 Some(name) => token::missing(
                                     query,
-                                    &format!("a token: send `Authorization: Bearer <token>` or the `{name}` cookie"),
+                                    &format!("a token, as `Authorization: Bearer <token>` or the `{name}` cookie"),
                                 ),
                                 None => token::missing(
                                     query,
-                                    "a token: send `Authorization: Bearer <token>`",
+                                    "a token, as `Authorization: Bearer <token>`",
                                 ),
                             })?;
                         token::check_cookie_request(headers, &cors.load().allowed_origins)?;

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 /// Shortest HS256 secret accepted: the hash's own size (RFC 7518 §3.2).
 pub const MIN_SECRET_BYTES: usize = 32;
+/// Ends every problem of `auth.api_keys` that is told in full: those messages name entries
+/// by position and name, never by key (see `load::describe`).
+pub(crate) const KEYS_NOT_SHOWN: &str = "(keys not shown: they are secrets)";
 /// The shortest API key accepted: a short one could be guessed, slowly, through the
 /// rate limit.
 pub const MIN_API_KEY_LEN: usize = 16;
@@ -301,10 +304,7 @@ impl TryFrom<Vec<String>> for ApiKeyList {
         if problems.is_empty() {
             Ok(Self(parsed))
         } else {
-            Err(format!(
-                "{} (keys not shown: they are secrets)",
-                problems.join("; ")
-            ))
+            Err(format!("{} {KEYS_NOT_SHOWN}", problems.join("; ")))
         }
     }
 }

@@ -421,10 +421,10 @@ fn describe(error: figment::Error, name: &str) -> Vec<String> {
                 .as_ref()
                 .map(|m| source_label(m, &key))
                 .unwrap_or_default();
-            // A secret key's problem is shown only when the message was written to leave
-            // the value out (it says so); serde's own messages may quote the value.
-            let written_for_secrets =
-                matches!(&e.kind, Kind::Message(m) if m.contains("not shown:"));
+            // A secret key's problem is hidden, since serde's own messages may quote the
+            // value, except the API key list's own, written to name no key.
+            let written_for_secrets = key == "auth.api_keys"
+                && matches!(&e.kind, Kind::Message(m) if m.ends_with(super::auth::KEYS_NOT_SHOWN));
             if SECRET_KEYS.contains(&key.as_str()) && !written_for_secrets {
                 problem(
                     &key,
