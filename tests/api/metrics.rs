@@ -81,20 +81,16 @@ async fn metrics_are_served_on_their_own_listener_and_never_on_the_public_one() 
 #[tokio::test]
 async fn the_metrics_listener_answers_with_a_request_id_too() {
     let app = spawn_with_metrics().await;
-    let response = client()
-        .get(format!("http://{}/metrics", app.metrics))
-        .header("x-request-id", "scrape-1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-request-id"], "scrape-1");
-    let response = client()
-        .get(format!("http://{}/metrics", app.metrics))
-        .header("x-request-id", "not sane")
-        .send()
-        .await
-        .unwrap();
-    let id = response.headers()["x-request-id"].to_str().unwrap();
+    let scrape_with_id = |id: &'static str| {
+        client()
+            .get(format!("http://{}/metrics", app.metrics))
+            .header("x-request-id", id)
+            .send()
+    };
+    let kept = scrape_with_id("scrape-1").await.unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "scrape-1");
+    let replaced = scrape_with_id("not sane").await.unwrap();
+    let id = replaced.headers()["x-request-id"].to_str().unwrap();
     assert_eq!(id.len(), 36, "a fresh UUID: {id}");
 }
 
