@@ -130,10 +130,11 @@ fn credentials_gate(state: &AppState) -> Gate {
     )
 }
 
-/// The call start's gate, outermost first: the client's rate limit, load shedding, then
-/// the token's binding ([`relay::redeem_token`]). No `authenticate`: the Bearer here is
-/// the ephemeral token, not a caller credential. Shedding comes before the token is
-/// spent, so a shed caller can retry with the same token.
+/// The call start's gate, outermost first: the client's rate limit, load shedding, an
+/// open circuit's refusal ([`relay::wait_for_orga`]), then the token's binding
+/// ([`relay::redeem_token`]). No `authenticate`: the Bearer here is the ephemeral token,
+/// not a caller credential. Shedding and the open circuit come before the token is
+/// spent, so a caller refused by either can retry with the same token.
 pub fn relay_gate(state: &AppState) -> Gate {
     BoxCloneSyncServiceLayer::new(
         ServiceBuilder::new()
@@ -143,6 +144,7 @@ pub fn relay_gate(state: &AppState) -> Gate {
             .layer(GlobalConcurrencyLimitLayer::with_semaphore(
                 state.concurrency.clone(),
             ))
+            .layer(from_fn_with_state(state.clone(), relay::wait_for_orga))
             .layer(from_fn_with_state(state.clone(), relay::redeem_token)),
     )
 }

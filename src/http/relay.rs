@@ -1,10 +1,11 @@
-//! `POST /v1/realtime/calls` (with `relay.enabled`): the token stage and the handler.
+//! `POST /v1/realtime/calls` (with `relay.enabled`): the open-circuit and token stages
+//! and the handler.
 //!
 //! The route's gate is not the credentials gate: its Bearer is the ephemeral token, not
 //! a caller credential, so there is no `authenticate` stage. In its place,
 //! [`redeem_token`] checks the token's binding record (and marks it used) after the
-//! client's rate limit and load shedding: a request shed for load keeps its token
-//! unspent, and a token is spent before its body is even read, so each token gets one
+//! client's rate limit, load shedding and [`wait_for_orga`]: a request shed for load, or
+//! refused while Orga's circuit is open, keeps its token unspent, and a token is spent before its body is even read, so each token gets one
 //! attempt at anything (a malformed body or a refused parameter included) and nobody
 //! without a token can probe the session policy. Then [`start_call`] parses the body,
 //! applies the policy and relays offer and params, nothing else, to Orga.
@@ -37,6 +38,19 @@ pub struct RelayCaller {
     token: EphemeralToken,
     /// The subject recorded when the token was issued.
     subject: Option<String>,
+}
+
+/// While Orga's circuit is open, refuses the call start before the token stage spends its
+/// token, so the caller can try again with the same token once Orga is called again.
+pub async fn wait_for_orga(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.orga.refuse_while_open() {
+        Ok(()) => next.run(request).await,
+        Err(open) => counted(Err(ApiError::from(&open))),
+    }
 }
 
 /// The token stage (see the module documentation). Without `relay.bind_tokens` it only

@@ -137,6 +137,17 @@ impl CircuitBreaker {
         }
     }
 
+    /// While the circuit is open (its cool-down not over), how long it stays open. Takes
+    /// nothing: a half-open circuit's probe is left to [`Self::admit`].
+    pub fn open_for(&self) -> Option<Duration> {
+        match &*self.lock() {
+            State::Open { until } => until
+                .checked_duration_since(self.clock.now())
+                .filter(|left| !left.is_zero()),
+            _ => None,
+        }
+    }
+
     /// Leave to call upstream, or how long to wait before trying again.
     pub fn admit(self: &Arc<Self>) -> Result<Permit, Duration> {
         let permit = |probe| Permit {

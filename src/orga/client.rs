@@ -97,6 +97,18 @@ impl OrgaClient {
         self.inner.breaker.state()
     }
 
+    /// [`OrgaError::CircuitOpen`] while the circuit is open, without taking a half-open
+    /// circuit's probe: for a caller that would spend something before calling Orga.
+    pub fn refuse_while_open(&self) -> Result<(), OrgaError> {
+        match self.inner.breaker.open_for() {
+            Some(retry_after) => {
+                metrics::counter!(CIRCUIT_REJECTED).increment(1);
+                Err(OrgaError::CircuitOpen { retry_after })
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Mints a fresh ephemeral token and fetches the ICE servers that go with it.
     /// Both must succeed: half a credential is never handed out.
     ///

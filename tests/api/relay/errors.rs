@@ -171,3 +171,37 @@ async fn the_connection_a_call_answer_that_was_not_json_came_on_is_never_reused(
     // needs a new one.
     assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn while_the_circuit_is_open_a_call_start_keeps_its_token_for_later() {
+    let relay = relay_app(call_answer(), |c| {
+        c.orga.circuit_breaker_threshold = 1;
+        c.orga.circuit_breaker_cooldown = Duration::from_millis(300);
+    })
+    .await;
+    let token = relay.token().await;
+    // One failed mint opens the circuit.
+    Mock::given(method("POST"))
+        .and(path(SECRET_PATH))
+        .respond_with(ResponseTemplate::new(500))
+        .with_priority(1)
+        .up_to_n_times(1)
+        .mount(&relay.orga)
+        .await;
+    assert_eq!(relay.app.get_credentials().await.status(), 502);
+
+    let refused = relay.start(&token, &sdk_body(OFFER_SDP)).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(relay.calls().await.is_empty(), "Orga was not called");
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = relay.start(&token, &sdk_body(OFFER_SDP)).await;
+    assert_eq!(
+        started.status(),
+        200,
+        "the same token, once Orga is called again"
+    );
+}
