@@ -78,19 +78,6 @@ pub fn app_with_clock(
     let http = outbound::client()?;
     let orga = orga::OrgaClient::new(&config.orga, http.clone(), clock.clone())?;
     let cors = Arc::new(ArcSwap::from_pointee(config.cors.clone()));
-    let pool = config.pool.enabled.then(|| {
-        let client = orga.clone();
-        // A refill has no caller waiting; it gets the same deadline a request would.
-        let request_timeout = config.server.request_timeout;
-        let mint: pool::Mint = Arc::new(move || {
-            let client = client.clone();
-            Box::pin(async move {
-                let deadline = std::time::Instant::now() + request_timeout;
-                client.session_credentials(deadline).await
-            })
-        });
-        pool::CredentialPool::start(&config.pool, mint, clock.clone())
-    });
     let redis = store::RedisConnection::from_config(&config, &readiness)?;
     let authenticator =
         auth::Authenticator::new(&config.auth, &readiness, clock.clone(), cors.clone(), http)?
@@ -112,6 +99,22 @@ pub fn app_with_clock(
         &config.redis.key_prefix,
         clock.clone(),
     );
+    let pool = config.pool.enabled.then(|| {
+        let client = orga.clone();
+        // A refill has no caller waiting; it gets the same deadline a request would.
+        let request_timeout = config.server.request_timeout;
+        let mint: pool::Mint = Arc::new(move || {
+            let client = client.clone();
+            Box::pin(async move {
+                let deadline = std::time::Instant::now() + request_timeout;
+                client.session_credentials(deadline).await
+            })
+        });
+        // A credential no caller may take would be spend past the global cap.
+        let spent = quotas.clone();
+        let held_back: pool::HeldBack = Arc::new(move || spent.global_spent());
+        pool::CredentialPool::start(&config.pool, mint, held_back, clock.clone())
+    });
     let audit = audit::Audit::start(&config.audit, &readiness, clock.clone())?;
     let state = AppState::new(state::Shared {
         concurrency: Arc::new(tokio::sync::Semaphore::new(config.server.concurrency_limit)),

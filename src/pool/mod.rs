@@ -41,6 +41,11 @@ const RESIZE_INTERVAL: Duration = Duration::from_secs(1);
 pub type MintFuture = Pin<Box<dyn Future<Output = Result<SessionCredentials, OrgaError>> + Send>>;
 /// Mints credentials; the upstream client in production, a fake in tests.
 pub type Mint = Arc<dyn Fn() -> MintFuture + Send + Sync>;
+/// True while refills must wait (the global daily quota is used up); checked before each
+/// round of mints, and again every [`HELD_BACK_RECHECK`] while it holds.
+pub type HeldBack = Arc<dyn Fn() -> bool + Send + Sync>;
+/// How often a held-back pool asks again: a new UTC day resumes it within this.
+const HELD_BACK_RECHECK: Duration = Duration::from_secs(1);
 
 /// A cheap handle on the pool; the refill task stops when the last handle is dropped.
 #[derive(Clone)]
@@ -91,8 +96,9 @@ pub struct PoolStats {
 }
 
 impl CredentialPool {
-    /// Creates the pool and starts its refill task on the current runtime.
-    pub fn start(config: &PoolConfig, mint: Mint, clock: Clock) -> Self {
+    /// Creates the pool and starts its refill task on the current runtime; no refill
+    /// starts while `held_back` says so.
+    pub fn start(config: &PoolConfig, mint: Mint, held_back: HeldBack, clock: Clock) -> Self {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 ready: VecDeque::new(),
@@ -106,7 +112,12 @@ impl CredentialPool {
             clock,
             stats: PoolStats::default(),
         });
-        tokio::spawn(refill(Arc::downgrade(&inner), inner.wake.clone(), mint));
+        tokio::spawn(refill(
+            Arc::downgrade(&inner),
+            inner.wake.clone(),
+            mint,
+            held_back,
+        ));
         Self { inner }
     }
 
@@ -265,10 +276,11 @@ impl Inner {
 type MintResult = Result<SessionCredentials, OrgaError>;
 
 /// Keeps the pool at its target until every handle is gone.
-async fn refill(pool: Weak<Inner>, wake: Arc<Notify>, mint: Mint) {
+async fn refill(pool: Weak<Inner>, wake: Arc<Notify>, mint: Mint, held_back: HeldBack) {
     let mut minting = JoinSet::new();
     let mut backoff = MIN_BACKOFF;
     let mut paused_until: Option<Instant> = None;
+    let mut was_held = false;
     loop {
         // Hold only a weak reference while waiting, so dropping the pool stops the task.
         let Some(inner) = pool.upgrade() else { return };
@@ -277,13 +289,22 @@ async fn refill(pool: Weak<Inner>, wake: Arc<Notify>, mint: Mint) {
             paused_until = None;
         }
         let plan = inner.plan(minting.len());
-        if paused_until.is_none() {
+        let held = held_back();
+        if held != was_held {
+            was_held = held;
+            match held {
+                true => tracing::info!("pool refills stop: the global daily quota is used up"),
+                false => tracing::info!("pool refills resume"),
+            }
+        }
+        if paused_until.is_none() && !held {
             for _ in 0..plan.start {
                 let (mint, clock) = (mint.clone(), inner.clock.clone());
                 minting.spawn(async move { (clock.now(), mint().await) });
             }
         }
-        let wake_at = earliest(plan.next_look, paused_until);
+        let recheck = held.then(|| now + HELD_BACK_RECHECK);
+        let wake_at = earliest(earliest(plan.next_look, paused_until), recheck);
         drop(inner);
         tokio::select! {
             Some(joined) = minting.join_next(), if !minting.is_empty() => {

@@ -86,8 +86,13 @@ impl Upstream {
     }
 }
 
+/// Refills never held back.
+fn never_held() -> HeldBack {
+    Arc::new(|| false)
+}
+
 fn start(config: &PoolConfig, upstream: &Upstream) -> CredentialPool {
-    CredentialPool::start(config, upstream.mint(), Clock::system())
+    CredentialPool::start(config, upstream.mint(), never_held(), Clock::system())
 }
 
 /// Random (Poisson) arrivals at `per_second` for `seconds`: the pool is asked at each,
@@ -224,7 +229,7 @@ async fn a_credential_near_its_upstream_expiry_is_never_handed_out() {
             })
         })
     });
-    let pool = CredentialPool::start(&fixed(2), mint, clock);
+    let pool = CredentialPool::start(&fixed(2), mint, never_held(), clock);
     settle().await;
     assert!(
         pool.take().is_none(),
@@ -242,6 +247,24 @@ async fn a_fixed_pool_refills_after_being_drained() {
     assert_eq!(pool.stats().misses.load(Ordering::Relaxed), 1);
     settle().await;
     assert_eq!(pool.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_minted_while_refills_are_held_back_and_they_resume_after() {
+    let upstream = Upstream::new();
+    let held = Arc::new(AtomicBool::new(true));
+    let flag = held.clone();
+    let held_back: HeldBack = Arc::new(move || flag.load(Ordering::SeqCst));
+    let pool = CredentialPool::start(&fixed(3), upstream.mint(), held_back, Clock::system());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        upstream.minted(),
+        0,
+        "the global quota is used up: no spend"
+    );
+    held.store(false, Ordering::SeqCst);
+    tokio::time::sleep(HELD_BACK_RECHECK + MINT_TIME * 2).await;
+    assert_eq!(pool.len(), 3, "a new day: the pool fills again");
 }
 
 #[tokio::test(start_paused = true)]
@@ -388,7 +411,7 @@ async fn an_expiry_too_far_out_to_represent_is_kept_not_a_panic() {
             })
         })
     });
-    let pool = CredentialPool::start(&fixed(1), mint, Clock::system());
+    let pool = CredentialPool::start(&fixed(1), mint, never_held(), Clock::system());
     settle().await;
     assert!(pool.take().is_some());
 }

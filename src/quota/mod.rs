@@ -29,6 +29,7 @@ use arc_swap::ArcSwap;
 use memory::MemoryCounts;
 use redis::RedisCounts;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Seconds in a UTC day (no leap seconds in Unix time).
@@ -101,6 +102,8 @@ struct Inner {
     redis: Option<RedisCounts>,
     /// The UTC day of the in-memory counts.
     clock: Clock,
+    /// The global count last seen, as `day << 32 | count`, for [`Quotas::global_spent`].
+    global_seen: AtomicU64,
 }
 
 /// What a reservation holds, to give back.
@@ -185,6 +188,7 @@ impl Quotas {
             memory: MemoryCounts::new(max_tracked),
             redis: redis.map(|connection| RedisCounts::new(connection.clone(), key_prefix)),
             clock,
+            global_seen: AtomicU64::new(0),
         };
         Self {
             inner: Some(Arc::new(inner)),
@@ -194,6 +198,20 @@ impl Quotas {
     /// True when at least one quota is on.
     pub fn is_enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// True while today's global quota is used up, as this process last saw the count
+    /// (its own reservations and refusals; with Redis, other replicas' are seen at the
+    /// next reservation here). The prefetch pool mints nothing then: a credential no
+    /// caller may take would be spend past the cap.
+    pub fn global_spent(&self) -> bool {
+        let Some(inner) = &self.inner else {
+            return false;
+        };
+        let limit = inner.config.load().global_per_day;
+        let seen = inner.global_seen.load(Ordering::Relaxed);
+        let (today, _) = utc_day(inner.clock.wall());
+        limit > 0 && seen >> 32 == today && seen & u64::from(u32::MAX) >= u64::from(limit)
     }
 
     /// Applies new limits (SIGHUP); today's counts stay. Quotas that were all off at start
@@ -248,6 +266,9 @@ impl Quotas {
                 })
             }
             Err((scope, retry_after)) => {
+                if scope == Scope::Global {
+                    inner.report_global(Some(inner.config.load().global_per_day));
+                }
                 metrics::counter!(QUOTA_EXCEEDED, "quota" => scope.label()).increment(1);
                 tracing::info!(quota = scope.label(), "daily quota used up");
                 Err(ApiError::QuotaExceeded {
@@ -304,6 +325,9 @@ impl Inner {
     fn report_global(&self, global: Option<u32>) {
         if let Some(count) = global {
             metrics::gauge!(QUOTA_GLOBAL_USED).set(f64::from(count));
+            let (today, _) = utc_day(self.clock.wall());
+            self.global_seen
+                .store(today << 32 | u64::from(count), Ordering::Relaxed);
         }
     }
 }

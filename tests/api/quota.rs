@@ -267,3 +267,31 @@ async fn with_redis_down_the_quota_follows_the_redis_failure_policy() {
     assert_eq!(local.get_credentials().await.status(), 200);
     quota_refusal(local.get_credentials().await).await;
 }
+
+#[tokio::test]
+async fn the_prefetch_pool_mints_nothing_once_the_global_quota_is_used_up() {
+    let upstream = scripted_upstream(token(), None).await;
+    let app = spawn_app_against(&upstream.uri(), |c| {
+        c.quota.global_per_day = 2;
+        c.pool.enabled = true;
+        c.pool.size = orga_proxy::config::PoolSize::Fixed(2);
+        c.pool.max_age = Duration::from_secs(1);
+    })
+    .await;
+    let mints = || async {
+        let requests = upstream.received_requests().await.unwrap();
+        requests
+            .iter()
+            .filter(|r| r.url.path() == SECRET_PATH)
+            .count()
+    };
+    for _ in 0..2 {
+        assert_eq!(app.get_credentials().await.status(), 200);
+    }
+    quota_refusal(app.get_credentials().await).await;
+    let after_the_cap = mints().await;
+    // Without the hold, the pool would discard its two credentials at max_age and mint
+    // two more every second: spend past the cap that no caller can take.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(mints().await, after_the_cap);
+}
