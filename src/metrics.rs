@@ -253,6 +253,11 @@ fn describe() {
         RELAY_BINDING_FULL,
         AUDIT_RECORDS,
         AUDIT_WRITE_FAILURES,
+        RATELIMIT_EVICTIONS,
+        POOL_HITS,
+        POOL_MISSES,
+        POOL_DISCARDS,
+        UPSTREAM_POOLS_RETIRED,
     ] {
         metrics::counter!(name).absolute(0);
     }

@@ -307,3 +307,25 @@ async fn silent_metrics_connections_cannot_take_the_public_ports_file_descriptor
         .unwrap();
     assert_eq!(status, Some(0), "{logs}");
 }
+
+#[tokio::test]
+async fn series_without_labels_are_exported_at_zero_from_the_start() {
+    let upstream = spawn_mock_upstream(orga_proxy::orga::mock::MockOptions::default()).await;
+    let proxy = Proxy::start(
+        crate::binary::serving_against(&upstream).env("ORGA_PROXY_POOL__ENABLED", "true"),
+    );
+    for series in [
+        "orga_proxy_credentials_issued_total",
+        "orga_proxy_ratelimit_evictions_total",
+        "orga_proxy_pool_hits_total",
+        "orga_proxy_pool_misses_total",
+        "orga_proxy_pool_discards_total",
+        "orga_proxy_upstream_pools_retired_total",
+    ] {
+        assert_eq!(
+            crate::reload::sample(&proxy, series).await,
+            Some(0.0),
+            "{series}"
+        );
+    }
+}

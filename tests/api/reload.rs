@@ -35,7 +35,7 @@ fn replace(path: &Path, text: &str) {
 }
 
 /// The value of one sample on the proxy's `/metrics`.
-async fn sample(proxy: &Proxy, series: &str) -> Option<f64> {
+pub(crate) async fn sample(proxy: &Proxy, series: &str) -> Option<f64> {
     let addr = proxy.metrics_addr.as_ref().expect("metrics listener on");
     let body = client()
         .get(format!("http://{addr}/metrics"))
