@@ -350,9 +350,10 @@ fn parse(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<Arc<VerifyingKey>>, St
         }
     }
     if members.len() > MAX_KEYS {
-        tracing::debug!(
+        // A key listed late (a new signing key appended) would be refused without this.
+        tracing::warn!(
             published = members.len(),
-            "JWKS keys past the first {MAX_KEYS} skipped"
+            "the JWKS lists more than {MAX_KEYS} keys: those past the first {MAX_KEYS} are skipped, and tokens signed with them get 401"
         );
     }
     Ok(keys)
