@@ -163,12 +163,12 @@ impl RedisConnection {
         match (self.health.observe(error), error) {
             (Some(Change::Failing), Some(error)) => tracing::warn!(
                 error = %error,
-                on_failure = ?self.failure,
+                on_failure = self.failure.as_str(),
                 "Redis is failing; applying rate_limit.redis_failure"
             ),
             (Some(Change::NewReason), Some(error)) => tracing::warn!(
                 error = %error,
-                on_failure = ?self.failure,
+                on_failure = self.failure.as_str(),
                 "Redis is still failing, now for another reason"
             ),
             (Some(Change::Recovered), _) => tracing::info!("Redis is answering"),

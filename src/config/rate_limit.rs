@@ -112,6 +112,17 @@ pub enum RedisFailure {
     Closed,
 }
 
+impl RedisFailure {
+    /// The value as configured, for log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Open => "open",
+            Self::Closed => "closed",
+        }
+    }
+}
+
 impl RateLimitConfig {
     pub(super) fn check(&self, problems: &mut Problems) {
         problems.check(
