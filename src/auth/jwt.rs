@@ -208,9 +208,16 @@ impl JwtVerifier {
     }
 }
 
-/// The subject: `sub` must be a non-empty string.
+/// Longest `sub` accepted: it becomes the log line's subject, the audit record's and a
+/// Redis key's part.
+const MAX_SUBJECT_CHARS: usize = 256;
+
+/// The subject: `sub` must be a non-empty string of at most [`MAX_SUBJECT_CHARS`].
 fn subject(sub: Option<serde_json::Value>) -> Result<String, AuthError> {
     match sub {
+        Some(serde_json::Value::String(sub)) if sub.chars().count() > MAX_SUBJECT_CHARS => Err(
+            AuthError::invalid("The token's `sub` claim is longer than 256 characters."),
+        ),
         Some(serde_json::Value::String(sub)) if !sub.is_empty() => Ok(sub),
         None | Some(serde_json::Value::String(_)) => Err(AuthError::invalid(
             "The token has no `sub` claim, which this proxy requires.",
@@ -349,8 +356,10 @@ mod tests {
     }
 
     #[test]
-    fn the_subject_is_a_non_empty_string() {
+    fn the_subject_is_a_non_empty_string_of_at_most_256_characters() {
         assert_eq!(subject(Some(json!("u"))).unwrap(), "u");
+        assert!(subject(Some(json!("é".repeat(256)))).is_ok());
+        assert!(refusal(subject(Some(json!("u".repeat(257))))).contains("longer than 256"));
         for sub in [None, Some(json!(""))] {
             assert!(refusal(subject(sub)).contains("no `sub`"));
         }
