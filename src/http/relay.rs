@@ -5,9 +5,10 @@
 //! a caller credential, so there is no `authenticate` stage. In its place,
 //! [`redeem_token`] checks the token's binding record (and marks it used) after the
 //! client's rate limit, load shedding and [`wait_for_orga`]: a request shed for load, or
-//! refused while Orga's circuit is open, keeps its token unspent, and a token is spent before its body is even read, so each token gets one
-//! attempt at anything (a malformed body or a refused parameter included) and nobody
-//! without a token can probe the session policy. Then [`start_call`] parses the body,
+//! refused while Orga's circuit is not closed, keeps its token unspent. A token is spent
+//! before its body is even read, so each token gets one attempt at anything (a malformed
+//! body or a refused parameter included) and nobody without a token can probe the
+//! session policy. Then [`start_call`] parses the body,
 //! applies the policy and relays offer and params, nothing else, to Orga.
 
 use crate::audit::{AuditRecord, Caller};
@@ -40,14 +41,14 @@ pub struct RelayCaller {
     subject: Option<String>,
 }
 
-/// While Orga's circuit is open, refuses the call start before the token stage spends its
-/// token, so the caller can try again with the same token once Orga is called again.
+/// Unless Orga's circuit is closed, refuses the call start before the token stage spends
+/// its token, so the caller can try again with the same token once it has closed.
 pub async fn wait_for_orga(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    match state.orga.refuse_while_open() {
+    match state.orga.refuse_unless_closed() {
         Ok(()) => next.run(request).await,
         Err(open) => counted(Err(ApiError::from(&open))),
     }

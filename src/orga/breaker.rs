@@ -137,14 +137,36 @@ impl CircuitBreaker {
         }
     }
 
-    /// While the circuit is open (its cool-down not over), how long it stays open. Takes
-    /// nothing: a half-open circuit's probe is left to [`Self::admit`].
-    pub fn open_for(&self) -> Option<Duration> {
+    /// Unless the circuit is closed, how long to wait before asking again: the rest of
+    /// the cool-down, or a moment while it is half-open. For calls that can never close
+    /// the circuit (a call start proves nothing about minting), which therefore must
+    /// not take a half-open circuit's probe either. Takes nothing.
+    pub fn not_closed_for(&self) -> Option<Duration> {
+        if self.threshold == 0 {
+            return None;
+        }
         match &*self.lock() {
-            State::Open { until } => until
-                .checked_duration_since(self.clock.now())
-                .filter(|left| !left.is_zero()),
-            _ => None,
+            State::Closed { .. } => None,
+            State::Open { until } => Some(
+                until
+                    .checked_duration_since(self.clock.now())
+                    .filter(|left| !left.is_zero())
+                    .unwrap_or(PROBE_RETRY_AFTER),
+            ),
+            State::HalfOpen { .. } => Some(PROBE_RETRY_AFTER),
+        }
+    }
+
+    /// Leave to call upstream while the circuit is closed, for calls that must not take
+    /// the probe (see [`Self::not_closed_for`]), or how long to wait.
+    pub fn admit_while_closed(self: &Arc<Self>) -> Result<Permit, Duration> {
+        match self.not_closed_for() {
+            None => Ok(Permit {
+                breaker: self.clone(),
+                probe: false,
+                recorded: false,
+            }),
+            Some(wait) => Err(wait),
         }
     }
 
@@ -267,6 +289,29 @@ mod tests {
         fail(&b, 1);
         clock.advance(Duration::from_secs(4));
         assert_eq!(b.admit().err(), Some(Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn calls_that_cannot_close_the_circuit_pass_only_while_closed_and_never_take_the_probe() {
+        let (b, clock) = breaker(1);
+        assert!(b.admit_while_closed().is_ok());
+        fail(&b, 1);
+        clock.advance(Duration::from_secs(4));
+        assert_eq!(b.not_closed_for(), Some(Duration::from_secs(6)));
+        clock.advance(Duration::from_secs(6));
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        assert_eq!(b.admit_while_closed().err(), Some(PROBE_RETRY_AFTER));
+        let probe = b
+            .admit()
+            .expect("the probe is still there for a credentials request");
+        probe.record(false);
+        assert_eq!(b.not_closed_for(), None);
+        let (off, _) = breaker(0);
+        fail(&off, 10);
+        assert!(
+            off.admit_while_closed().is_ok(),
+            "threshold 0: never refused"
+        );
     }
 
     #[test]

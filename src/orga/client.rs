@@ -97,10 +97,11 @@ impl OrgaClient {
         self.inner.breaker.state()
     }
 
-    /// [`OrgaError::CircuitOpen`] while the circuit is open, without taking a half-open
-    /// circuit's probe: for a caller that would spend something before calling Orga.
-    pub fn refuse_while_open(&self) -> Result<(), OrgaError> {
-        match self.inner.breaker.open_for() {
+    /// [`OrgaError::CircuitOpen`] unless the circuit is closed, as [`Self::start_call`]
+    /// would answer, taking nothing: for a caller that spends something (a bound token)
+    /// before calling Orga.
+    pub fn refuse_unless_closed(&self) -> Result<(), OrgaError> {
+        match self.inner.breaker.not_closed_for() {
             Some(retry_after) => {
                 metrics::counter!(CIRCUIT_REJECTED).increment(1);
                 Err(OrgaError::CircuitOpen { retry_after })
@@ -145,7 +146,7 @@ impl OrgaClient {
     /// offer and the policy-checked params): Orga's answer, parsed as `T`. Not retried:
     /// a call start is not idempotent.
     ///
-    /// Refused while the circuit is open, but only a transport failure or a timeout
+    /// Refused unless the circuit is closed, but only a transport failure or a timeout
     /// counts against Orga's health here: a 5xx or a malformed answer may come from the
     /// client's own SDP, and no outcome of a caller's call start proves Orga can mint
     /// tokens, so none closes the circuit either.
@@ -162,7 +163,16 @@ impl OrgaClient {
                 .json(body)
         };
         let timeout = left_before(deadline, self.inner.timeout);
-        let permit = self.admit()?;
+        // Only while closed: a call start cannot close the circuit, so it must not take a
+        // half-open circuit's probe from a credentials request that can.
+        let permit = self
+            .inner
+            .breaker
+            .admit_while_closed()
+            .map_err(|retry_after| {
+                metrics::counter!(CIRCUIT_REJECTED).increment(1);
+                OrgaError::CircuitOpen { retry_after }
+            })?;
         let started = Instant::now();
         let result = self.exchange(call, request, timeout).await;
         observe(call, started, &result);

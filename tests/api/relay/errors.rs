@@ -197,11 +197,16 @@ async fn while_the_circuit_is_open_a_call_start_keeps_its_token_for_later() {
     assert_eq!(body["error"]["code"], "unavailable");
     assert!(relay.calls().await.is_empty(), "Orga was not called");
 
+    // After the cool-down the circuit is half-open: a call start, which cannot prove
+    // Orga can mint, still waits, and the next credentials request is the probe.
     tokio::time::sleep(Duration::from_millis(400)).await;
+    let waiting = relay.start(&token, &sdk_body(OFFER_SDP)).await;
+    assert_eq!(waiting.status(), 503);
+    assert_eq!(relay.app.get_credentials().await.status(), 200);
     let started = relay.start(&token, &sdk_body(OFFER_SDP)).await;
     assert_eq!(
         started.status(),
         200,
-        "the same token, once Orga is called again"
+        "the same token, once the circuit has closed"
     );
 }
