@@ -70,6 +70,13 @@ pub struct Held {
     slots: Vec<(Scope, Slot)>,
 }
 
+impl Held {
+    /// The UTC day the units were counted in.
+    pub fn day(&self) -> u64 {
+        self.day
+    }
+}
+
 impl MemoryCounts {
     /// Empty counts, each table bounded to `max_keys` keys.
     pub fn new(max_keys: usize) -> Self {

@@ -152,7 +152,7 @@ impl Drop for Reservation {
             Held::Nothing => {}
             Held::Memory(held) => {
                 let global = inner.memory.release(&held);
-                inner.report_global(global);
+                inner.report_global(global, Some(held.day()));
             }
             Held::Redis { day, keys } => {
                 // Drop cannot wait: the release runs on its own. If it fails, the unit
@@ -259,15 +259,22 @@ impl Quotas {
         };
         match outcome {
             Ok((held, global)) => {
-                inner.report_global(global);
+                let day = match &held {
+                    Held::Memory(units) => Some(units.day()),
+                    Held::Redis { day, .. } => Some(*day),
+                    Held::Nothing => None,
+                };
+                inner.report_global(global, day);
                 Ok(Reservation {
                     inner: Some(inner.clone()),
                     held,
                 })
             }
             Err((scope, retry_after)) => {
-                if scope == Scope::Global {
-                    inner.report_global(Some(inner.config.load().global_per_day));
+                if let Some(global) = wants.iter().find(|want| want.scope == Scope::Global) {
+                    if scope == Scope::Global {
+                        inner.seen_global(global.limit, None);
+                    }
                 }
                 metrics::counter!(QUOTA_EXCEEDED, "quota" => scope.label()).increment(1);
                 tracing::info!(quota = scope.label(), "daily quota used up");
@@ -322,13 +329,21 @@ impl Inner {
     }
 
     /// The global count, when the global quota is on.
-    fn report_global(&self, global: Option<u32>) {
+    /// `day` is the day the count belongs to (Redis's, for counts kept there); this
+    /// process's own UTC day when unknown.
+    fn report_global(&self, global: Option<u32>, day: Option<u64>) {
         if let Some(count) = global {
             metrics::gauge!(QUOTA_GLOBAL_USED).set(f64::from(count));
-            let (today, _) = utc_day(self.clock.wall());
-            self.global_seen
-                .store(today << 32 | u64::from(count), Ordering::Relaxed);
+            self.seen_global(count, day);
         }
+    }
+
+    /// Notes the global count for [`Quotas::global_spent`] (not for the gauge: a refusal
+    /// knows only that the count is at least the limit).
+    fn seen_global(&self, count: u32, day: Option<u64>) {
+        let day = day.unwrap_or_else(|| utc_day(self.clock.wall()).0);
+        self.global_seen
+            .store(day << 32 | u64::from(count), Ordering::Relaxed);
     }
 }
 
