@@ -350,7 +350,7 @@ fn parse(body: &[u8], pinned: &[Algorithm]) -> Result<Vec<Arc<VerifyingKey>>, St
         }
     }
     if members.len() > MAX_KEYS {
-        // A key listed late (a new signing key appended) would be refused without this.
+        // Tokens signed with a skipped key (one appended late, say) are refused: say why.
         tracing::warn!(
             published = members.len(),
             "the JWKS lists more than {MAX_KEYS} keys: those past the first {MAX_KEYS} are skipped, and tokens signed with them get 401"
