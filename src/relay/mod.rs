@@ -99,7 +99,7 @@ pub fn binding_refused(error: &BindingError) -> ApiError {
         BindingError::Store(reason) => {
             tracing::debug!(%reason, "relay token binding: Redis failed; refusing");
             ApiError::Unavailable {
-                reason: "The proxy cannot check session tokens right now; try again shortly."
+                reason: "The proxy cannot record or check session tokens right now (its token store is down); try again shortly."
                     .into(),
                 retry_after: STORE_RETRY_AFTER,
             }
