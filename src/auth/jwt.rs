@@ -91,6 +91,13 @@ impl JwtVerifier {
             ),
             _ => malformed(),
         })?;
+        // RFC 7515 4.1.11: a critical extension the recipient does not understand makes
+        // the token invalid, and this proxy understands none.
+        if header.crit.is_some() {
+            return Err(AuthError::invalid(
+                "The token's header lists critical extensions (crit), which this proxy does not support.",
+            ));
+        }
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::Invalid(format!(
                 "The token is signed with {:?}, which this proxy does not accept (accepted: {}).",
@@ -319,6 +326,19 @@ mod tests {
         let key = EncodingKey::from_secret(SECRET.as_bytes());
         let token = jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap();
         verifier.verify(&token).await
+    }
+
+    #[tokio::test]
+    async fn a_token_with_critical_header_extensions_is_refused() {
+        let verifier = verifier(None);
+        let header = Header {
+            crit: Some(vec!["exp".into()]),
+            ..Header::default()
+        };
+        let claims = json!({"sub": "user-1", "exp": 4_000_000_000u64});
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        assert!(refusal(verifier.verify(&token).await).contains("critical extensions"));
     }
 
     fn refusal(result: Result<String, AuthError>) -> String {
