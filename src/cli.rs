@@ -193,7 +193,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
         Ok(started) => started,
         Err(code) => return code,
     };
-    let config = started.config.clone();
+    let config = started.state.config.clone();
     tracing::info!(
         listen = %local_addr(&started.listener),
         metrics_listen = %started.metrics.as_ref().map_or_else(|| "off".into(), local_addr),
@@ -209,8 +209,6 @@ async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
 /// What `serve` and `dev` have once they may announce themselves: the listeners bound
 /// and the app built, nothing served yet.
 struct Started {
-    /// The configuration the app was built from.
-    config: Arc<Config>,
     /// The public listener.
     listener: TcpListener,
     /// The metrics listener, unless `server.metrics_listen` is `""`.
@@ -225,13 +223,11 @@ impl Started {
     /// Binds both listeners and builds the app for `config`; a failure is logged.
     async fn bind(config: Config) -> Result<Self, ExitCode> {
         let (listener, metrics) = bind_both(&config).await?;
-        let config = Arc::new(config);
-        let (router, state) = crate::app(config.clone()).map_err(|error| {
+        let (router, state) = crate::app(Arc::new(config)).map_err(|error| {
             tracing::error!(%error, "cannot start");
             ExitCode::FAILURE
         })?;
         Ok(Self {
-            config,
             listener,
             metrics,
             router,
@@ -302,7 +298,7 @@ async fn dev(mut config: Config, path: Option<PathBuf>) -> ExitCode {
         Ok(started) => started,
         Err(code) => return code,
     };
-    let config = started.config.clone();
+    let config = started.state.config.clone();
     let banner = "DEV MODE: credentials come from an embedded FAKE Orga Cloud and will not open real calls; never expose this";
     let addr = local_addr(&started.listener);
     tracing::warn!(listen = %addr, credentials_path = %config.server.credentials_path, "{banner}");

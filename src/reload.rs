@@ -149,11 +149,7 @@ fn with_live_keys(started: &Config, loaded: &Config, quotas_live: bool) -> Confi
     running.orga.api_key = loaded.orga.api_key.clone();
     running.auth.api_keys = loaded.auth.api_keys.clone();
     running.cors = loaded.cors.clone();
-    let (limits, new) = (&mut running.rate_limit, &loaded.rate_limit);
-    limits.requests_per_minute = new.requests_per_minute;
-    limits.burst = new.burst;
-    limits.per_subject.requests_per_minute = new.per_subject.requests_per_minute;
-    limits.per_subject.burst = new.per_subject.burst;
+    running.rate_limit.take_live_numbers(&loaded.rate_limit);
     if quotas_live {
         running.quota = loaded.quota.clone();
     }

@@ -3,6 +3,16 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
+/// The SHA-256 digest of `text`: how API keys are kept and tokens fingerprinted, so
+/// neither is held or written in the clear.
+pub(crate) fn sha256(text: &str) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref(),
+    );
+    out
+}
+
 /// A secret value (API key, shared secret, token). The raw value is reachable only
 /// through [`Secret::expose`], which is called where a header is built or a
 /// comparison is made; every printed form is `[redacted]`.

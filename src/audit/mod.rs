@@ -30,12 +30,11 @@ mod record;
 mod sink;
 mod writer;
 
-pub use record::{AuditRecord, Caller, fingerprint};
+pub use record::{AuditRecord, Caller};
 
 use crate::clock::Clock;
 use crate::config::AuditConfig;
 use crate::error::ApiError;
-use crate::metrics::AUDIT_QUEUE_DEPTH;
 use crate::orga::SessionCredentials;
 use crate::readiness::Readiness;
 use std::sync::atomic::Ordering;
@@ -173,9 +172,6 @@ impl Audit {
                 .send(Submission { line, ack })
                 .await
                 .map_err(|_| AuditError::Closed)?;
-            let queue = &inner.queue;
-            metrics::gauge!(AUDIT_QUEUE_DEPTH)
-                .set((queue.max_capacity() - queue.capacity()) as f64);
             match written.await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(AuditError::Failed),

@@ -102,7 +102,10 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let lines: Vec<u8> = batch.iter().flat_map(|s| s.line.iter().copied()).collect();
+        let mut lines = Vec::with_capacity(batch.iter().map(|s| s.line.len()).sum());
+        for submission in &batch {
+            lines.extend_from_slice(&submission.line);
+        }
         let written = self.blocking(move |sink| sink.write(&lines)).await;
         match &written {
             Ok(()) => {

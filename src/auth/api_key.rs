@@ -2,7 +2,7 @@
 //! constant time against every one of them.
 
 use crate::config::ApiKeyList;
-use aws_lc_rs::digest::{SHA256, SHA256_OUTPUT_LEN, digest};
+use crate::secret::sha256;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 /// The accepted keys. Comparing digests of fixed length means neither the length of
@@ -13,7 +13,7 @@ pub(super) struct ApiKeys {
 }
 
 struct StoredKey {
-    digest: [u8; SHA256_OUTPUT_LEN],
+    digest: [u8; 32],
     /// `api_key:<name>` or `api_key:<1-based index>`: what logs show, never the key.
     subject: String,
 }
@@ -52,12 +52,6 @@ impl ApiKeys {
         }
         bool::from(found).then(|| self.keys[index as usize].subject.as_str())
     }
-}
-
-fn sha256(text: &str) -> [u8; SHA256_OUTPUT_LEN] {
-    let mut out = [0; SHA256_OUTPUT_LEN];
-    out.copy_from_slice(digest(&SHA256, text.as_bytes()).as_ref());
-    out
 }
 
 #[cfg(test)]

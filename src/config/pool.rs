@@ -4,7 +4,6 @@ use super::parse;
 use super::validate::{Problems, duration_within, within};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
-use std::fmt;
 use std::time::Duration;
 
 /// `[pool]`: the opt-in prefetch pool. Each credential is handed out once; the cost is
@@ -68,15 +67,6 @@ pub enum PoolSize {
     Auto,
     /// Keep this many ready.
     Fixed(usize),
-}
-
-impl fmt::Display for PoolSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Auto => f.write_str("auto"),
-            Self::Fixed(n) => write!(f, "{n}"),
-        }
-    }
 }
 
 impl Serialize for PoolSize {

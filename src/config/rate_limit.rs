@@ -124,6 +124,15 @@ impl RedisFailure {
 }
 
 impl RateLimitConfig {
+    /// Takes the numbers a reload changes live (both budgets' rate and burst) from
+    /// `loaded`; everything else stays.
+    pub fn take_live_numbers(&mut self, loaded: &Self) {
+        self.requests_per_minute = loaded.requests_per_minute;
+        self.burst = loaded.burst;
+        self.per_subject.requests_per_minute = loaded.per_subject.requests_per_minute;
+        self.per_subject.burst = loaded.per_subject.burst;
+    }
+
     pub(super) fn check(&self, problems: &mut Problems) {
         problems.check(
             "rate_limit.requests_per_minute",

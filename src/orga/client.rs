@@ -102,10 +102,7 @@ impl OrgaClient {
     /// before calling Orga.
     pub fn refuse_unless_closed(&self) -> Result<(), OrgaError> {
         match self.inner.breaker.not_closed_for() {
-            Some(retry_after) => {
-                metrics::counter!(CIRCUIT_REJECTED).increment(1);
-                Err(OrgaError::CircuitOpen { retry_after })
-            }
+            Some(retry_after) => Err(circuit_open(retry_after)),
             None => Ok(()),
         }
     }
@@ -169,10 +166,7 @@ impl OrgaClient {
             .inner
             .breaker
             .admit_while_closed()
-            .map_err(|retry_after| {
-                metrics::counter!(CIRCUIT_REJECTED).increment(1);
-                OrgaError::CircuitOpen { retry_after }
-            })?;
+            .map_err(circuit_open)?;
         let started = Instant::now();
         let result = self.exchange(call, request, timeout).await;
         observe(call, started, &result);
@@ -190,10 +184,7 @@ impl OrgaClient {
 
     /// Leave from the circuit breaker to call Orga, or the open circuit's refusal.
     fn admit(&self) -> Result<Permit, OrgaError> {
-        self.inner.breaker.admit().map_err(|retry_after| {
-            metrics::counter!(CIRCUIT_REJECTED).increment(1);
-            OrgaError::CircuitOpen { retry_after }
-        })
+        self.inner.breaker.admit().map_err(circuit_open)
     }
 
     async fn fetch_credentials(&self, deadline: Instant) -> Result<SessionCredentials, OrgaError> {
@@ -295,6 +286,12 @@ impl OrgaClient {
             .map_err(|reason| OrgaError::Malformed { call, reason })?;
         Ok(answer)
     }
+}
+
+/// The refusal of a circuit that is not letting this call through, counted.
+fn circuit_open(retry_after: Duration) -> OrgaError {
+    metrics::counter!(CIRCUIT_REJECTED).increment(1);
+    OrgaError::CircuitOpen { retry_after }
 }
 
 fn api_key_bearer(key: &Secret) -> Result<HeaderValue, String> {

@@ -22,6 +22,19 @@ const MAX_TOKEN_LEN: usize = 4096;
 pub struct EphemeralToken(String);
 
 impl EphemeralToken {
+    /// Whether it can be a token at all: not empty, at most [`MAX_TOKEN_LEN`] bytes, and
+    /// only characters that travel in a header.
+    pub fn check(&self) -> Result<(), String> {
+        let token = self.0.as_str();
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err("ephemeral_token is empty or too long".into());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("ephemeral_token holds characters that cannot travel in a header".into());
+        }
+        Ok(())
+    }
+
     /// Wraps a raw token.
     pub fn new(token: impl Into<String>) -> Self {
         Self(token.into())
@@ -59,11 +72,7 @@ pub struct Fingerprint([u8; 32]);
 impl Fingerprint {
     /// The fingerprint of `token`.
     pub fn of(token: &EphemeralToken) -> Self {
-        let digest =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.expose().as_bytes());
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Self(bytes)
+        Self(crate::secret::sha256(token.expose()))
     }
 
     /// The first `digits` hex digits (all 64 at most).
@@ -101,14 +110,7 @@ pub struct ClientSecret {
 
 impl UpstreamAnswer for ClientSecret {
     fn check(&self) -> Result<(), String> {
-        let token = self.ephemeral_token.expose();
-        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-            return Err("ephemeral_token is empty or too long".into());
-        }
-        if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("ephemeral_token holds characters that cannot travel in a header".into());
-        }
-        Ok(())
+        self.ephemeral_token.check()
     }
 }
 

@@ -126,7 +126,10 @@ impl CredentialPool {
         let now = self.inner.clock.now();
         let (found, discarded) = {
             let mut state = self.inner.lock();
-            state.sizing.took(now);
+            // Demand is followed only to size an automatic pool.
+            if self.inner.size == PoolSize::Auto {
+                state.sizing.took(now);
+            }
             let mut discarded = 0;
             let mut found = None;
             while let Some((minted, credentials)) = state.ready.pop_front() {
@@ -256,9 +259,11 @@ impl Inner {
                 }
                 let mut state = self.lock();
                 state.ready.push_back((started, credentials));
-                state
-                    .sizing
-                    .refilled_in(now.saturating_duration_since(started));
+                if self.size == PoolSize::Auto {
+                    state
+                        .sizing
+                        .refilled_in(now.saturating_duration_since(started));
+                }
                 drop(state);
                 self.stats.refilled.fetch_add(1, Ordering::Relaxed);
                 true

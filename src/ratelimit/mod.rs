@@ -275,10 +275,7 @@ impl RateLimit {
         if numbers(&current) == numbers(config) {
             return false;
         }
-        current.requests_per_minute = config.requests_per_minute;
-        current.burst = config.burst;
-        current.per_subject.requests_per_minute = config.per_subject.requests_per_minute;
-        current.per_subject.burst = config.per_subject.burst;
+        current.take_live_numbers(config);
         self.limits.store(self.source.build(&current));
         true
     }

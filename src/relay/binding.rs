@@ -270,13 +270,9 @@ impl MemoryBindings {
     }
 
     /// Records in the table now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().records.len()
-    }
-
-    /// True when the table holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn has_room(&self) -> Result<(), BindingError> {

@@ -8,8 +8,7 @@ use orga_proxy::clock::Clock;
 use orga_proxy::config::{AuthMode, Config, RedisFailure, TrustedProxies};
 use orga_proxy::orga::mock::MockOptions;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
 
 /// One hour before a UTC midnight.
 const LATE_EVENING: &str = "2026-03-01T23:00:00Z";
@@ -157,13 +156,13 @@ async fn concurrently(app: &TestApp, n: usize) -> Vec<u16> {
 #[tokio::test]
 async fn a_failed_upstream_call_does_not_consume_the_quota() {
     let upstream = scripted_upstream(token(), None).await;
-    Mock::given(method("POST"))
-        .and(path(SECRET_PATH))
-        .respond_with(ResponseTemplate::new(500))
-        .up_to_n_times(2)
-        .with_priority(1)
-        .mount(&upstream)
-        .await;
+    first_answers(
+        &upstream,
+        ("POST", SECRET_PATH),
+        ResponseTemplate::new(500),
+        2,
+    )
+    .await;
     let app = spawn_app_against(&upstream.uri(), |c| c.quota.global_per_day = 1).await;
     assert_eq!(app.get_credentials().await.status(), 502);
     assert_eq!(app.get_credentials().await.status(), 502);
@@ -278,13 +277,7 @@ async fn the_prefetch_pool_mints_nothing_once_the_global_quota_is_used_up() {
         c.pool.max_age = Duration::from_secs(1);
     })
     .await;
-    let mints = || async {
-        let requests = upstream.received_requests().await.unwrap();
-        requests
-            .iter()
-            .filter(|r| r.url.path() == SECRET_PATH)
-            .count()
-    };
+    let mints = || calls_to(&upstream, SECRET_PATH);
     for _ in 0..2 {
         assert_eq!(app.get_credentials().await.status(), 200);
     }

@@ -181,13 +181,13 @@ async fn while_the_circuit_is_open_a_call_start_keeps_its_token_for_later() {
     .await;
     let token = relay.token().await;
     // One failed mint opens the circuit.
-    Mock::given(method("POST"))
-        .and(path(SECRET_PATH))
-        .respond_with(ResponseTemplate::new(500))
-        .with_priority(1)
-        .up_to_n_times(1)
-        .mount(&relay.orga)
-        .await;
+    first_answers(
+        &relay.orga,
+        ("POST", SECRET_PATH),
+        ResponseTemplate::new(500),
+        1,
+    )
+    .await;
     assert_eq!(relay.app.get_credentials().await.status(), 502);
 
     let refused = relay.start(&token, &sdk_body(OFFER_SDP)).await;
